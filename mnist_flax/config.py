@@ -1,0 +1,53 @@
+"""Every configuration key, with its default. `configs/*.py` override from here."""
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The full set of keys; a key not defined here is an error on the CLI."""
+  c = ml_collections.ConfigDict()
+  c.model = 'v36'           # a name in architectures.NETWORKS
+  c.init = 'torch'          # 'torch': PyTorch's default init; 'flax': Flax's
+
+  c.dataset = 'mnist'       # 'mnist', 'fashion_mnist' or 'kmnist'
+  c.data_dir = ''           # folder with the four IDX files; '' = TFDS
+  c.tfds_data_dir = ''      # TFDS's own data dir; '' = TFDS's default
+  c.verify_checksums = True
+  c.train_examples = 0      # use only the first N training images; 0 = all
+  c.mean = 0.1307           # the seeds' normalisation
+  c.std = 0.3081
+
+  c.augment = ml_collections.ConfigDict()
+  c.augment.degrees = 0.0      # rotation drawn from [-degrees, degrees]
+  c.augment.translate = 0.0    # shift up to this fraction of 28 pixels per axis
+  c.augment.interpolation = 'nearest'  # torchvision's default for both
+
+  c.batch_size = 128
+  c.eval_batch_size = 1000
+  c.num_epochs = 15
+  c.seed = 0
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = 'sgd'           # 'sgd' or 'adam', both as PyTorch's
+  c.optimizer.learning_rate = 0.01   # for 'step' and 'constant' schedules
+  c.optimizer.momentum = 0.9         # SGD; replaced by the cycle if cycle_momentum
+  c.optimizer.weight_decay = 0.0     # coupled (L2), as PyTorch's
+  c.optimizer.b1 = 0.9               # Adam
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+
+  c.schedule = ml_collections.ConfigDict()
+  c.schedule.name = 'constant'       # 'onecycle', 'step' or 'constant'
+  c.schedule.max_lr = 0.05           # onecycle: PyTorch OneCycleLR's arguments
+  c.schedule.pct_start = 0.3
+  c.schedule.div_factor = 25.0
+  c.schedule.final_div_factor = 1e4
+  c.schedule.cycle_momentum = True
+  c.schedule.base_momentum = 0.85
+  c.schedule.max_momentum = 0.95
+  c.schedule.step_size = 8           # step: StepLR, in epochs
+  c.schedule.gamma = 0.1
+
+  c.target_accuracy = 99.4  # the final-3-epoch average the seeds aim for
+  c.progress_bar = True
+  return c

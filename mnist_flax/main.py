@@ -1,0 +1,38 @@
+"""Command line: python -m mnist_flax.main --config=configs/v36.py --workdir=DIR."""
+
+import sys
+
+from absl import app
+from absl import flags
+import jax
+from ml_collections import config_flags
+
+from mnist_flax import architectures, train
+from mnist_flax.errors import UserError
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string('workdir', None, 'Directory for metrics and TensorBoard logs.')
+config_flags.DEFINE_config_file(
+    'config', None, 'A config file from configs/; override keys with '
+    '--config.KEY=VALUE.', lock_config=True)
+flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  config = FLAGS.config
+  try:
+    network = architectures.get_network(config.model)
+    params = architectures.param_count(network)
+    verdict = 'PASS' if params < architectures.PARAM_LIMIT else 'FAIL'
+    print(f'{config.model}: {params:,} parameters, {verdict} '
+          f'(< {architectures.PARAM_LIMIT:,}); JAX {jax.__version__} on '
+          f'{jax.device_count()} x {jax.devices()[0].device_kind}', flush=True)
+    train.train_and_evaluate(config, FLAGS.workdir)
+  except UserError as e:
+    sys.exit(f'error: {e}')
+
+
+if __name__ == '__main__':
+  app.run(main)

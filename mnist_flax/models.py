@@ -1,0 +1,103 @@
+"""Flax (Linen) modules that interpret the layer specs in `architectures.py`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mnist_flax import architectures as arch
+from mnist_flax.errors import ConfigError
+
+Initializer = Callable[..., jax.Array]
+
+
+def torch_conv_init(fan_in: int) -> tuple[Initializer, Initializer]:
+  """PyTorch's `nn.Conv2d` default: kaiming_uniform(a=sqrt(5)) weights and
+  U(-1/sqrt(fan_in), 1/sqrt(fan_in)) bias; both bounds equal 1/sqrt(fan_in)."""
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def uniform(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return uniform, uniform
+
+
+INITS = ('torch', 'flax')
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm with PyTorch's semantics: momentum 0.1 for the running averages,
+  eps 1e-5, and the unbiased batch variance in the running variance."""
+
+  momentum: float = 0.1
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    features = x.shape[-1]
+    scale = self.param('scale', nn.initializers.ones, (features,))
+    bias = self.param('bias', nn.initializers.zeros, (features,))
+    ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,))
+    ra_var = self.variable('batch_stats', 'var', jnp.ones, (features,))
+    if train:
+      axes = tuple(range(x.ndim - 1))
+      mean = x.mean(axes)
+      var = jnp.square(x - mean).mean(axes)
+      if not self.is_initializing():
+        n = math.prod(x.shape[:-1])
+        m = self.momentum
+        ra_mean.value = (1 - m) * ra_mean.value + m * mean
+        ra_var.value = (1 - m) * ra_var.value + m * var * (n / max(n - 1, 1))
+    else:
+      mean, var = ra_mean.value, ra_var.value
+    return (x - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
+
+
+class Net(nn.Module):
+  """A network from `architectures.NETWORKS`; NHWC in, logits (N, 10) out."""
+
+  network: arch.Network
+  init_scheme: str = 'torch'
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    for layer in self.network:
+      if isinstance(layer, arch.Conv):
+        if self.init_scheme == 'torch':
+          fan_in = layer.kernel * layer.kernel * x.shape[-1]
+          kernel_init, bias_init = torch_conv_init(fan_in)
+        else:
+          kernel_init, bias_init = nn.linear.default_kernel_init, nn.initializers.zeros
+        pad = layer.padding
+        x = nn.Conv(layer.features, (layer.kernel, layer.kernel),
+                    padding=((pad, pad), (pad, pad)), use_bias=layer.bias,
+                    kernel_init=kernel_init, bias_init=bias_init,
+                    name=layer.name)(x)
+      elif isinstance(layer, arch.BatchNorm):
+        x = BatchNorm(name=layer.name)(x, train)
+      elif isinstance(layer, arch.ReLU):
+        x = nn.relu(x)
+      elif isinstance(layer, arch.MaxPool):
+        w = layer.window
+        x = nn.max_pool(x, (w, w), strides=(w, w))
+      elif isinstance(layer, arch.GlobalAvgPool):
+        x = x.mean(axis=(1, 2), keepdims=True)
+      else:
+        raise TypeError(f'unknown layer {layer!r}')
+    return x.reshape(x.shape[0], -1)
+
+
+def create_model(name: str, init: str = 'torch') -> Net:
+  """The named network with 'torch' (PyTorch default) or 'flax' initialisation."""
+  if init not in INITS:
+    raise ConfigError(f'unknown init {init!r}; choose one of: {", ".join(INITS)}')
+  return Net(arch.get_network(name), init)
+
+
+def init_variables(model: Net, key: jax.Array) -> dict[str, Any]:
+  """{'params': ..., 'batch_stats': ...} for a single 28x28x1 input."""
+  return model.init(key, jnp.zeros((1, *arch.INPUT_SHAPE)), train=False)

@@ -1,0 +1,113 @@
+"""optax optimisers and schedules with PyTorch's semantics, step for step."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from mnist_flax.errors import ConfigError
+
+
+def _cos_anneal(start: float, end: float, pct: jnp.ndarray) -> jnp.ndarray:
+  # PyTorch writes end + (start - end) / 2 * (cos(pi * pct) + 1); the equal
+  # cos^2(pi * pct / 2) form keeps float32 accurate where the LR is tiny.
+  return end + (start - end) * jnp.square(jnp.cos(jnp.pi * pct / 2))
+
+
+def _two_phase(total_steps: int, pct_start: float, start: float, mid: float,
+               end: float) -> optax.Schedule:
+  """PyTorch OneCycleLR's two-phase cosine curve: start -> mid -> end."""
+  warm_end = float(pct_start * total_steps) - 1
+  last = total_steps - 1
+
+  def schedule(count):
+    step = jnp.asarray(count, jnp.float32)
+    warm = _cos_anneal(start, mid, step / warm_end)
+    cool = _cos_anneal(mid, end, (step - warm_end) / (last - warm_end))
+    return jnp.where(step <= warm_end, warm, cool)
+
+  return schedule
+
+
+def onecycle_lr(total_steps: int, max_lr: float, pct_start: float = 0.3,
+                div_factor: float = 25.0,
+                final_div_factor: float = 1e4) -> optax.Schedule:
+  """`torch.optim.lr_scheduler.OneCycleLR`'s learning rate (cosine, two phases)."""
+  initial = max_lr / div_factor
+  return _two_phase(total_steps, pct_start, initial, max_lr,
+                    initial / final_div_factor)
+
+
+def onecycle_momentum(total_steps: int, pct_start: float = 0.3,
+                      base_momentum: float = 0.85,
+                      max_momentum: float = 0.95) -> optax.Schedule:
+  """OneCycleLR's momentum cycle: max -> base while the LR rises, then back."""
+  return _two_phase(total_steps, pct_start, max_momentum, base_momentum,
+                    max_momentum)
+
+
+def step_lr(learning_rate: float, steps_per_epoch: int, step_size: int,
+            gamma: float) -> optax.Schedule:
+  """`StepLR` stepped once per epoch: lr * gamma ** (epoch // step_size)."""
+  return optax.exponential_decay(learning_rate, step_size * steps_per_epoch,
+                                 gamma, staircase=True)
+
+
+@optax.inject_hyperparams
+def sgd_torch(learning_rate: float, momentum: float,
+              weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """`torch.optim.SGD`: coupled weight decay, then momentum, then the LR."""
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.trace(decay=momentum),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
+@optax.inject_hyperparams
+def adam_torch(learning_rate: float, b1: float = 0.9, b2: float = 0.999,
+               eps: float = 1e-8,
+               weight_decay: float = 0.0) -> optax.GradientTransformation:
+  """`torch.optim.Adam`: coupled (L2) weight decay added to the gradient."""
+  return optax.chain(optax.add_decayed_weights(weight_decay),
+                     optax.scale_by_adam(b1, b2, eps),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
+class Optimizer(NamedTuple):
+  tx: optax.GradientTransformation
+  learning_rate: optax.Schedule
+
+
+SCHEDULES = ('onecycle', 'step', 'constant')
+OPTIMIZERS = ('sgd', 'adam')
+
+
+def create_optimizer(config: ml_collections.ConfigDict,
+                     steps_per_epoch: int) -> Optimizer:
+  """Builds the config's optimizer and LR schedule (see `config.py`)."""
+  opt, sch = config.optimizer, config.schedule
+  total = config.num_epochs * steps_per_epoch
+  momentum = opt.momentum
+  if sch.name == 'onecycle':
+    lr = onecycle_lr(total, sch.max_lr, sch.pct_start, sch.div_factor,
+                     sch.final_div_factor)
+    if sch.cycle_momentum:
+      momentum = onecycle_momentum(total, sch.pct_start, sch.base_momentum,
+                                   sch.max_momentum)
+  elif sch.name == 'step':
+    lr = step_lr(opt.learning_rate, steps_per_epoch, sch.step_size, sch.gamma)
+  elif sch.name == 'constant':
+    lr = optax.constant_schedule(opt.learning_rate)
+  else:
+    raise ConfigError(f'unknown schedule {sch.name!r}; choose one of: '
+                     f'{", ".join(SCHEDULES)}')
+  if opt.name == 'sgd':
+    tx = sgd_torch(lr, momentum, opt.weight_decay)
+  elif opt.name == 'adam':
+    tx = adam_torch(lr, opt.b1, opt.b2, opt.eps, opt.weight_decay)
+  else:
+    raise ConfigError(f'unknown optimizer {opt.name!r}; choose one of: '
+                     f'{", ".join(OPTIMIZERS)}')
+  return Optimizer(tx, lr)
