@@ -1,0 +1,37 @@
+# make train: create .venv, install, train the default model (configs/v36.py).
+# make test:  create .venv, install with the test extra, run the whole suite.
+VENV    := .venv
+PY      := $(VENV)/bin/python
+PIP     := $(PY) -m pip install -q --disable-pip-version-check
+# The CPU build of PyTorch; other versions pull a several-GB CUDA build.
+TORCH   ?= torch==2.13.0
+CONFIG  ?= configs/v36.py
+WORKDIR ?= workdirs/$(basename $(notdir $(CONFIG)))
+# Local IDX files when present (MNIST_DIR, or ../shared/mnist); else TFDS.
+DATA_DIR ?= $(or $(MNIST_DIR),$(wildcard ../shared/mnist))
+ARGS    ?=
+
+.PHONY: train test clean
+
+$(PY):
+	python3 -m venv $(VENV)
+	$(PIP) --upgrade pip
+
+$(VENV)/.core: pyproject.toml | $(PY)
+	$(PIP) -e .
+	touch $@
+
+$(VENV)/.test: pyproject.toml | $(PY)
+	$(PIP) '$(TORCH)'
+	$(PIP) -e '.[test]'
+	touch $@ $(VENV)/.core
+
+train: $(VENV)/.core
+	$(PY) -m mnist_flax.main --config=$(CONFIG) --workdir=$(WORKDIR) \
+	  $(if $(DATA_DIR),--config.data_dir=$(DATA_DIR)) $(ARGS)
+
+test: $(VENV)/.test
+	$(PY) -m pytest -q -ra tests
+
+clean:
+	rm -rf $(VENV) workdirs

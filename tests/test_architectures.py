@@ -1,0 +1,104 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mnist_flax import architectures as arch
+from mnist_flax import models, summary, train
+from mnist_flax.errors import ConfigError
+
+SEED_COUNTS = {'v36': 6260, 'v36_nobias': 6198, 'model1': 7224,
+               'model2': 7838, 'model3': 7918}
+
+
+@pytest.mark.parametrize('name,count', SEED_COUNTS.items())
+def test_param_counts_match_the_seeds(name, count):
+  network = arch.get_network(name)
+  assert arch.param_count(network) == count
+  variables = models.init_variables(models.create_model(name), jax.random.key(0))
+  # The Flax module holds exactly the parameters the spec counts.
+  assert train.num_params(variables['params']) == count
+
+
+@pytest.mark.parametrize('name', SEED_COUNTS)
+def test_output_shape_and_log_probabilities(name):
+  model = models.create_model(name)
+  variables = models.init_variables(model, jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (3, 28, 28, 1))
+  logits = model.apply(variables, x, train=False)
+  assert logits.shape == (3, 10)
+  assert arch.output_shape(arch.get_network(name)) == (1, 1, 10)
+
+
+def test_model3_layer_shapes_follow_the_seed_table():
+  # torchsummary rows of the second seed, (C, H, W) after each conv.
+  want = [(10, 28, 28), (10, 28, 28), (10, 28, 28), (16, 12, 12), (16, 10, 10),
+          (8, 8, 8), (8, 6, 6), (8, 6, 6), (16, 6, 6), (10, 1, 1)]
+  got = [(i.out_shape[2], i.out_shape[0], i.out_shape[1])
+         for i in arch.walk(arch.get_network('model3'))
+         if isinstance(i.layer, arch.Conv)]
+  assert got == want
+
+
+def test_v36_receptive_field_table_matches_the_seed():
+  rows = [(i.kernel, i.stride, i.jump_in, i.rf_in, i.rf_out)
+          for i in arch.walk(arch.get_network('v36'))
+          if isinstance(i.layer, (arch.Conv, arch.MaxPool))]
+  assert rows == [(3, 1, 1, 1, 3), (3, 1, 1, 3, 5), (2, 2, 1, 5, 6),
+                  (3, 1, 2, 6, 10), (2, 2, 2, 10, 12), (3, 1, 4, 12, 20),
+                  (3, 1, 4, 20, 28), (1, 1, 4, 28, 28)]
+  assert arch.receptive_field(arch.get_network('v36')) == 28
+
+
+def test_summary_tables():
+  text = summary.layer_table(arch.get_network('v36'))
+  assert 'Total params: 6,260' in text and 'PASS' in text
+  assert '[-1, 16, 1, 1]' in text
+  assert 'Receptive field of the output: 28' in summary.rf_table(
+      arch.get_network('v36'))
+  over = (*arch.block(1, 100), *arch.block(2, 100), arch.GlobalAvgPool(),
+          arch.Conv('fc', 10, 1))
+  assert 'FAIL' in summary.layer_table(over)
+
+
+def test_unknown_model_names_the_choices():
+  with pytest.raises(ConfigError, match="unknown model 'v37'.*v36, v36_nobias"):
+    models.create_model('v37')
+
+
+def test_torch_init_bounds():
+  variables = models.init_variables(models.create_model('v36'), jax.random.key(0))
+  w = np.asarray(variables['params']['conv5']['kernel'])  # fan_in 3*3*16
+  bound = 1 / np.sqrt(144)
+  assert np.abs(w).max() <= bound and np.abs(w).max() > 0.9 * bound
+  assert np.std(w) == pytest.approx(bound / np.sqrt(3), rel=0.1)
+  b = np.asarray(variables['params']['conv5']['bias'])
+  assert np.abs(b).max() <= bound and np.abs(b).max() > 0
+
+
+def test_flax_init_option():
+  variables = models.init_variables(models.create_model('v36', 'flax'),
+                                    jax.random.key(0))
+  assert not np.asarray(variables['params']['conv5']['bias']).any()
+  with pytest.raises(ConfigError, match='unknown init'):
+    models.create_model('v36', 'xavier')
+
+
+def test_batchnorm_matches_torch():
+  torch = pytest.importorskip('torch')
+  x = np.random.default_rng(0).normal(2.0, 3.0, (16, 5, 5, 4)).astype(np.float32)
+  bn = models.BatchNorm()
+  variables = bn.init(jax.random.key(0), jnp.asarray(x), train=False)
+  y, updates = bn.apply(variables, jnp.asarray(x), train=True,
+                        mutable=['batch_stats'])
+  tbn = torch.nn.BatchNorm2d(4)
+  ty = tbn(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+  np.testing.assert_allclose(y, ty.detach().numpy(), atol=1e-5)
+  stats = updates['batch_stats']
+  np.testing.assert_allclose(stats['mean'], tbn.running_mean.numpy(), rtol=1e-5)
+  np.testing.assert_allclose(stats['var'], tbn.running_var.numpy(), rtol=1e-5)
+  tbn.eval()
+  y_eval = bn.apply({'params': variables['params'], 'batch_stats': stats},
+                    jnp.asarray(x), train=False)
+  ty_eval = tbn(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+  np.testing.assert_allclose(y_eval, ty_eval.detach().numpy(), atol=1e-5)
