@@ -25,8 +25,9 @@ def _warp(image: jax.Array, angle: jax.Array, shift: jax.Array,
   # Inverse map: for each output pixel, where it came from in the input.
   y, x = yy - shift[0] - cy, xx - shift[1] - cx
   cos, sin = jnp.cos(angle), jnp.sin(angle)
-  src_y = cos * y - sin * x + cy
-  src_x = sin * y + cos * x + cx
+  # Counter-clockwise for positive angles, as torchvision (y points down).
+  src_y = cos * y + sin * x + cy
+  src_x = -sin * y + cos * x + cx
   return jax.scipy.ndimage.map_coordinates(image, [src_y, src_x], order=order,
                                            mode='constant', cval=0.0)
 

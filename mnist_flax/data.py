@@ -51,7 +51,12 @@ DATASETS: dict[str, DatasetInfo] = {
         },
         torchvision_dir='MNIST'),
     'fashion_mnist': DatasetInfo(
-        raw_sha256={},
+        raw_sha256={
+            'train_images': 'c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888',
+            'train_labels': 'bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9',
+            'test_images': '5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b',
+            'test_labels': '0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34',
+        },
         gz_sha256={
             'train_images': '3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84',
             'train_labels': 'a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845',
@@ -60,7 +65,7 @@ DATASETS: dict[str, DatasetInfo] = {
         },
         torchvision_dir='FashionMNIST'),
     'kmnist': DatasetInfo(
-        raw_sha256={},
+        raw_sha256={},  # not published; the .gz hashes below identify the files
         gz_sha256={
             'train_images': '51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4',
             'train_labels': 'e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17',

@@ -1,5 +1,6 @@
 """Command line: python -m mnist_flax.main --config=configs/v36.py --workdir=DIR."""
 
+import re
 import sys
 
 from absl import app
@@ -16,6 +17,19 @@ config_flags.DEFINE_config_file(
     'config', None, 'A config file from configs/; override keys with '
     '--config.KEY=VALUE.', lock_config=True)
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with an unknown --config.KEY as a one-line error."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:
+    key = re.search(r"\\?'(\w+)\\?'", str(e))
+    hint = re.search(r'Did you mean "(\w+)"', str(e))
+    sys.exit(f'error: unknown config key {key.group(1) if key else e!r} in '
+             f'{" ".join(a for a in argv if a.startswith("--config."))}'
+             f'{f" (did you mean {hint.group(1)!r}?)" if hint else ""}: '
+             'the keys are listed in mnist_flax/config.py')
 
 
 def main(argv: list[str]) -> None:
@@ -35,4 +49,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,54 @@
+"""The command lines, run as a user runs them."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _run(*args, timeout=120):
+  return subprocess.run([sys.executable, '-m', *args], cwd=ROOT, timeout=timeout,
+                        capture_output=True, text=True)
+
+
+def _one_line_error(proc, pattern):
+  assert proc.returncode != 0
+  assert 'Traceback' not in proc.stderr, proc.stderr
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('error: ')]
+  assert len(errors) == 1, proc.stderr
+  assert pattern in errors[0]
+
+
+def test_summary_cli():
+  proc = _run('mnist_flax.summary', '--model=v36')
+  assert proc.returncode == 0
+  assert 'Total params: 6,260' in proc.stdout and 'PASS' in proc.stdout
+  assert 'Receptive field of the output: 28' in proc.stdout
+  _one_line_error(_run('mnist_flax.summary', '--model=v99'), "unknown model 'v99'")
+
+
+@pytest.mark.parametrize('override,message', [
+    ('--config.nope=1', "unknown config key 'nope'"),
+    ('--config.optimizer.nme=1', "did you mean 'name'?"),
+    ('--config.model=v37', "unknown model 'v37'"),
+    ('--config.data_dir=/no/such/dir', 'data_dir /no/such/dir is not a directory'),
+])
+def test_train_cli_bad_input(override, message, tmp_path):
+  proc = _run('mnist_flax.main', '--config=configs/v36.py',
+              f'--workdir={tmp_path}', override)
+  _one_line_error(proc, message)
+
+
+def test_train_cli_runs(mnist_dir, tmp_path):
+  proc = _run('mnist_flax.main', '--config=configs/model1.py',
+              f'--workdir={tmp_path}', f'--config.data_dir={mnist_dir}',
+              '--config.num_epochs=1', '--config.train_examples=2560',
+              '--config.progress_bar=False', timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  assert 'model1: 7,224 parameters, PASS' in proc.stdout
+  assert 'Epoch  1/1: train loss' in proc.stdout
+  assert 'FINAL 3 EPOCHS ANALYSIS' in proc.stdout
+  assert (tmp_path / 'metrics.jsonl').exists()

@@ -1,0 +1,111 @@
+import glob
+import gzip
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from mnist_flax import models, optim, train
+from configs import v36
+
+
+def _write_fake_mnist(path, n_train=256, n_test=100):
+  """Learnable fake data: the label is drawn as a bright block's position."""
+  rng = np.random.default_rng(0)
+  for split, n in (('train', n_train), ('t10k', n_test)):
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 40, (n, 28, 28))
+    for i, y in enumerate(labels):
+      images[i, 2 + 2 * y:6 + 2 * y, 10:18] = 255
+    for kind, array in (('images-idx3', images), ('labels-idx1', labels)):
+      header = (0x800 + array.ndim).to_bytes(4, 'big') + b''.join(
+          d.to_bytes(4, 'big') for d in array.shape)
+      with gzip.open(path / f'{split}-{kind}-ubyte.gz', 'wb') as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_config(tmp_path):
+  data_dir = tmp_path / 'data'
+  data_dir.mkdir()
+  _write_fake_mnist(data_dir)
+  config = v36.get_config()
+  config.data_dir = str(data_dir)
+  config.verify_checksums = False
+  config.batch_size = 64  # 4 batches per epoch
+  config.num_epochs = 3
+  config.progress_bar = False
+  return config
+
+
+def test_same_seed_same_numbers(fake_config, tmp_path):
+  a = train.train_and_evaluate(fake_config, str(tmp_path / 'a'))
+  b = train.train_and_evaluate(fake_config, str(tmp_path / 'b'))
+  strip = lambda h: [{k: v for k, v in r.items() if k != 'epoch_time_s'} for r in h]
+  assert strip(a.history) == strip(b.history)
+  jax.tree.map(np.testing.assert_array_equal, a.state.params, b.state.params)
+  fake_config.seed = 1
+  c = train.train_and_evaluate(fake_config, str(tmp_path / 'c'))
+  assert strip(c.history) != strip(a.history)
+  assert int(a.state.step) == 3 * 4
+
+
+def test_partial_last_batch_and_metric_files(fake_config, tmp_path):
+  fake_config.batch_size = 100  # 256 = 100 + 100 + 56, as DataLoader batches
+  fake_config.num_epochs = 2
+  result = train.train_and_evaluate(fake_config, str(tmp_path / 'w'))
+  assert int(result.state.step) == 6
+  lines = (tmp_path / 'w' / 'metrics.jsonl').read_text().splitlines()
+  records = [json.loads(line) for line in lines]
+  assert [r['epoch'] for r in records] == [1, 2]
+  assert records == [{**r, 'epoch_time_s': r['epoch_time_s']} for r in result.history]
+  assert {'train_loss', 'train_accuracy', 'test_loss', 'test_accuracy',
+          'learning_rate'} <= set(records[0])
+  assert glob.glob(str(tmp_path / 'w' / 'events.out.tfevents.*'))
+  assert json.loads((tmp_path / 'w' / 'config.json').read_text())['batch_size'] == 100
+
+
+def test_final_analysis():
+  history = [{'epoch': e, 'test_accuracy': a}
+             for e, a in enumerate([99.0, 99.5, 99.42, 99.40, 99.44], 1)]
+  result = train.final_analysis(history, 99.4)
+  assert result['final3'] == [99.42, 99.40, 99.44]
+  assert result['final3_average'] == pytest.approx(99.42)
+  assert result['success'] and result['best_epoch'] == 2
+  assert not train.final_analysis(history[:3], 99.4)['success']
+  assert 'STATUS: SUCCESS' in train.format_analysis(result)
+
+
+def test_train_step_updates_params_batch_stats_and_step():
+  config = v36.get_config()
+  model = models.create_model('v36')
+  opt = optim.create_optimizer(config, steps_per_epoch=10)
+  state = train.create_train_state(model, opt.tx, jax.random.key(0))
+  before = jax.device_get(state)
+  steps = train.make_steps(model, opt.tx, config)
+  images = jax.random.randint(jax.random.key(1), (32, 28, 28), 0, 256).astype('uint8')
+  labels = jax.random.randint(jax.random.key(2), (32,), 0, 10)
+  state, metrics = steps.train(state, train.zero_metrics(), images, labels,
+                               jax.numpy.arange(32), 0, batch_size=32)
+  assert int(state.step) == 1 and float(metrics['count']) == 32
+  changed = lambda a, b: not np.allclose(a, b)
+  after = jax.device_get(state)
+  assert all(jax.tree.leaves(jax.tree.map(changed, before.batch_stats,
+                                          after.batch_stats)))
+  for name, layer in before.params.items():
+    # A conv bias right before BatchNorm gets no gradient: BN subtracts it.
+    for key in (('kernel',) if name.startswith('conv') and name != 'conv_final'
+                else layer):
+      assert changed(layer[key], after.params[name][key]), (name, key)
+
+
+def test_short_real_training_reaches_97(mnist_dir, tmp_path):
+  config = v36.get_config()
+  config.data_dir = mnist_dir
+  config.num_epochs = 1
+  config.train_examples = 300 * config.batch_size  # 300 steps
+  config.progress_bar = False
+  result = train.train_and_evaluate(config, str(tmp_path))
+  assert result.history[-1]['test_accuracy'] >= 97.0
