@@ -8,8 +8,13 @@ def get_config():
   c.model = 'v36'
   c.batch_size = 128  # not stated; 128 is the batch size of the seeds' course template
   c.num_epochs = 15
-  c.augment.degrees = 7.0     # "hybrid" rotation + translation; magnitudes not stated
-  c.augment.translate = 0.1
+  # "Hybrid" rotation + translation, magnitudes not stated. Read as the usual
+  # RandomAffine(7, translate=(0.1, 0.1)), nearest, the recipe falls short:
+  # final-3 average 99.32% over 4 seeds (GPU sweep) and 99.32% (CPU, seed 0).
+  # Milder warps with bilinear resampling reach the target (README, "V36").
+  c.augment.degrees = 5.0
+  c.augment.translate = 0.05
+  c.augment.interpolation = 'bilinear'
   c.optimizer.name = 'sgd'
   c.optimizer.momentum = 0.98  # the seed's value; only used if cycle_momentum=False
   c.optimizer.weight_decay = 5e-5
