@@ -48,6 +48,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.step_size = 8           # step: StepLR, in epochs
   c.schedule.gamma = 0.1
 
+  c.keep_checkpoints = 2    # the last N epochs' checkpoints, plus the best one
   c.target_accuracy = 99.4  # the final-3-epoch average the seeds aim for
   c.progress_bar = True
   return c

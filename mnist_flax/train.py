@@ -21,7 +21,8 @@ import numpy as np
 import optax
 import tqdm
 
-from mnist_flax import augment, data, models, optim
+from mnist_flax import augment, checkpoint, data, models, optim
+from mnist_flax.errors import UserError
 
 Metrics = dict[str, jax.Array]
 
@@ -68,8 +69,15 @@ def _summed_metrics(logits: jax.Array, labels: jax.Array) -> Metrics:
           'count': jnp.asarray(labels.shape[0], jnp.float32)}
 
 
+def _add(totals: Metrics, batch: Metrics) -> Metrics:
+  return {k: totals[k] + batch[k] for k in ('loss', 'correct', 'count')}
+
+
 def zero_metrics() -> Metrics:
-  return {k: jnp.zeros((), jnp.float32) for k in ('loss', 'correct', 'count')}
+  """Running train sums, and the first step with a non-finite loss (-1: none)."""
+  return {'loss': jnp.zeros((), jnp.float32), 'correct': jnp.zeros((), jnp.float32),
+          'count': jnp.zeros((), jnp.float32),
+          'first_nonfinite': jnp.full((), -1, jnp.int32)}
 
 
 def train_step(state: TrainState, metrics: Metrics, images: jax.Array,
@@ -95,11 +103,13 @@ def train_step(state: TrainState, metrics: Metrics, images: jax.Array,
 
   grads, (logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  batch = _summed_metrics(logits, y)
+  first = metrics['first_nonfinite']
+  first = jnp.where((first < 0) & ~jnp.isfinite(batch['loss']), state.step, first)
   state = state.replace(step=state.step + 1,
                         params=optax.apply_updates(state.params, updates),
                         batch_stats=batch_stats, opt_state=opt_state)
-  metrics = jax.tree.map(jnp.add, metrics, _summed_metrics(logits, y))
-  return state, metrics
+  return state, {**_add(metrics, batch), 'first_nonfinite': first}
 
 
 def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
@@ -128,9 +138,9 @@ def make_steps(model: models.Net, tx: optax.GradientTransformation,
 def evaluate(eval_fn: Callable[..., Metrics], state: TrainState,
              batches: list[tuple[jax.Array, jax.Array]]) -> dict[str, float]:
   """Mean loss, accuracy (%) and correct count over pre-batched test data."""
-  totals = zero_metrics()
-  for images, labels in batches:
-    totals = jax.tree.map(jnp.add, totals, eval_fn(state, images, labels))
+  totals = eval_fn(state, *batches[0])
+  for images, labels in batches[1:]:
+    totals = _add(totals, eval_fn(state, images, labels))
   totals = jax.device_get(totals)
   return {'loss': float(totals['loss'] / totals['count']),
           'accuracy': float(100 * totals['correct'] / totals['count']),
@@ -166,19 +176,24 @@ def format_analysis(result: dict[str, Any]) -> str:
 
 
 class MetricWriter:
-  """Per-epoch metrics to WORKDIR/metrics.jsonl and TensorBoard event files."""
+  """Per-epoch metrics to WORKDIR/metrics.jsonl and TensorBoard event files.
 
-  def __init__(self, workdir: str):
+  metrics.jsonl is rewritten from `history` on open, so after a resume it holds
+  exactly the epochs of the checkpoint resumed from, then the new ones.
+  """
+
+  def __init__(self, workdir: str, history: list[dict[str, Any]]):
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-    os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'w')
+    for record in history:
+      self._jsonl.write(json.dumps(record) + '\n')
     self._tb = SummaryWriter(workdir)
 
   def write(self, record: dict[str, Any]) -> None:
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
     for key, value in record.items():
-      if key != 'epoch':
+      if key not in ('epoch', 'step'):
         self._tb.add_scalar(key, value, record['epoch'])
     self._tb.flush()
 
@@ -187,39 +202,97 @@ class MetricWriter:
     self._tb.close()
 
 
+class TrainingDiverged(UserError):
+  """The loss became NaN or infinite."""
+
+
 class TrainResult(NamedTuple):
   state: TrainState
   history: list[dict[str, Any]]
   analysis: dict[str, Any]
 
 
+def _check_finite(metrics: Metrics, epoch: int) -> None:
+  step = int(metrics['first_nonfinite'])
+  if step >= 0:
+    raise TrainingDiverged(
+        f'the loss became NaN or infinite at epoch {epoch}, step {step + 1}; '
+        'training stopped and nothing from this epoch was saved: lower the '
+        'learning rate (or check the data)')
+
+
+def _resume(ckpts: checkpoint.Checkpoints, config: ml_collections.ConfigDict,
+            workdir: str, state: TrainState) -> checkpoint.Restored | None:
+  """The latest good checkpoint of a run with this config, if there is one."""
+  if not ckpts.steps():
+    return None
+  saved = checkpoint.load_config(workdir)
+  changed = checkpoint.config_differences(saved.to_dict(), config)
+  if changed:
+    raise checkpoint.CheckpointError(
+        f'{workdir} holds a run with another config (changed: '
+        f'{", ".join(changed)}); rerun with the same config to resume, or use a '
+        'new --workdir')
+  return ckpts.restore_latest_good(state)
+
+
+def _prepare_workdir(workdir: str) -> None:
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, '.write_test'), 'w'):
+      pass
+    os.remove(os.path.join(workdir, '.write_test'))
+  except OSError as e:
+    raise checkpoint.CheckpointError(
+        f'workdir {workdir} is not writable ({e.strerror}); choose another '
+        '--workdir') from None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict,
                        workdir: str) -> TrainResult:
-  """Trains config.model for config.num_epochs, evaluating after every epoch."""
+  """Trains config.model for config.num_epochs, evaluating after every epoch.
+
+  Saves a checkpoint after every epoch and, rerun with the same workdir,
+  resumes from the latest one; a finished run is not trained again.
+  """
+  _prepare_workdir(workdir)
+  model = models.create_model(config.model, config.init)
   ds = data.load(config.dataset, config.data_dir, config.tfds_data_dir,
                  config.verify_checksums)
   if config.train_examples:
     ds = ds._replace(train_images=ds.train_images[:config.train_examples],
                      train_labels=ds.train_labels[:config.train_examples])
   num_train = len(ds.train_images)
+  batches = batch_starts(num_train, config.batch_size)
+  optimizer = optim.create_optimizer(config, len(batches))
+  state = create_train_state(model, optimizer.tx, jax.random.key(config.seed))
+
+  ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
+  restored = _resume(ckpts, config, workdir, state)
+  history = restored.meta['history'] if restored else []
+  if restored:
+    state = restored.state
+    if len(history) >= config.num_epochs:
+      print(f'{workdir}: this run already finished ({len(history)} epochs); '
+            'nothing to do.', flush=True)
+      analysis = final_analysis(history, config.target_accuracy)
+      print(format_analysis(analysis), flush=True)
+      return TrainResult(state, history, analysis)
+    print(f'Resuming from the checkpoint of epoch {len(history)} (step '
+          f'{restored.step}) in {ckpts.directory}.', flush=True)
+  else:
+    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+      f.write(config.to_json(indent=2))
+
   # The whole dataset lives on the device as uint8; batches are gathered there.
   train_images, train_labels = jax.device_put((ds.train_images, ds.train_labels))
   eval_batches = [jax.device_put((ds.test_images[i:i + config.eval_batch_size],
                                   ds.test_labels[i:i + config.eval_batch_size]))
                   for i in range(0, len(ds.test_images), config.eval_batch_size)]
-
-  model = models.create_model(config.model, config.init)
-  batches = batch_starts(num_train, config.batch_size)
-  optimizer = optim.create_optimizer(config, len(batches))
-  state = create_train_state(model, optimizer.tx, jax.random.key(config.seed))
   steps = make_steps(model, optimizer.tx, config)
-
-  writer = MetricWriter(workdir)
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(config.to_json(indent=2))
-  history = []
+  writer = MetricWriter(workdir, history)
   try:
-    for epoch in range(1, config.num_epochs + 1):
+    for epoch in range(len(history) + 1, config.num_epochs + 1):
       start_time = time.time()
       perm = jax.random.permutation(shuffle_key(state, epoch), num_train)
       metrics = zero_metrics()
@@ -230,12 +303,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
                                      perm, start, batch_size=size)
         if config.progress_bar and i % 50 == 49:
           m = jax.device_get(metrics)
+          _check_finite(m, epoch)
           bar.set_postfix(loss=f'{m["loss"] / m["count"]:.4f}',
                           acc=f'{100 * m["correct"] / m["count"]:.2f}%')
       m = jax.device_get(metrics)
+      _check_finite(m, epoch)
       test = evaluate(steps.eval, state, eval_batches)
       record = {
-          'epoch': epoch,
+          'epoch': epoch, 'step': int(state.step),
           'train_loss': float(m['loss'] / m['count']),
           'train_accuracy': float(100 * m['correct'] / m['count']),
           'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
@@ -243,6 +318,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
           'epoch_time_s': time.time() - start_time,
       }
       history.append(record)
+      ckpts.save(record['step'], state, {'epoch': epoch, 'history': history})
       writer.write(record)
       print(f'Epoch {epoch:2d}/{config.num_epochs}: '
             f'train loss {record["train_loss"]:.4f} acc {record["train_accuracy"]:.2f}% | '
@@ -252,6 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
             flush=True)
   finally:
     writer.close()
+    ckpts.close()
   analysis = final_analysis(history, config.target_accuracy)
   print(format_analysis(analysis), flush=True)
   return TrainResult(state, history, analysis)
@@ -259,3 +336,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
 
 def num_params(params: Any) -> int:
   return sum(math.prod(p.shape) for p in jax.tree.leaves(params))
+
+
+def load_checkpoint(workdir: str, which: str = 'latest'
+                    ) -> tuple[ml_collections.ConfigDict, models.Net,
+                               checkpoint.Restored]:
+  """A trained workdir's config, model and checkpoint ('latest', 'best', STEP)."""
+  config = checkpoint.load_config(workdir)
+  model = models.create_model(config.model, config.init)
+  # A template with the saved structure; the schedule's length is irrelevant.
+  tx = optim.create_optimizer(config, steps_per_epoch=1).tx
+  template = create_train_state(model, tx, jax.random.key(0))
+  ckpts = checkpoint.Checkpoints(workdir, read_only=True)
+  step = ckpts.select(which)
+  try:
+    return config, model, ckpts.restore(step, template)
+  except Exception as e:  # pylint: disable=broad-except
+    raise checkpoint.CheckpointError(
+        f'checkpoint {step} in {ckpts.directory} is unreadable '
+        f'({type(e).__name__}); choose another with --checkpoint') from None
+  finally:
+    ckpts.close()

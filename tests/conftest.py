@@ -1,7 +1,10 @@
-"""Shared fixtures: the real MNIST directory, when CI or the user provides it."""
+"""Shared fixtures: the real MNIST directory (when CI or the user provides it) and
+small learnable fake datasets in the same IDX format."""
 
+import gzip
 import os
 
+import numpy as np
 import pytest
 
 
@@ -12,3 +15,32 @@ def mnist_dir() -> str:
     pytest.skip('MNIST_DIR is not set: real-data tests need the four MNIST IDX '
                 'files (.ci/run sets it to ../shared/mnist)')
   return path
+
+
+def write_fake_mnist(path, n_train=256, n_test=100):
+  """Learnable fake data: the label is drawn as a bright block's position."""
+  rng = np.random.default_rng(0)
+  for split, n in (('train', n_train), ('t10k', n_test)):
+    labels = rng.integers(0, 10, n)
+    images = rng.integers(0, 40, (n, 28, 28))
+    for i, y in enumerate(labels):
+      images[i, 2 + 2 * y:6 + 2 * y, 10:18] = 255
+    for kind, array in (('images-idx3', images), ('labels-idx1', labels)):
+      header = (0x800 + array.ndim).to_bytes(4, 'big') + b''.join(
+          d.to_bytes(4, 'big') for d in array.shape)
+      with gzip.open(path / f'{split}-{kind}-ubyte.gz', 'wb') as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+@pytest.fixture
+def fake_mnist_dir(tmp_path_factory) -> str:
+  path = tmp_path_factory.mktemp('fake_mnist')
+  write_fake_mnist(path)
+  return str(path)
+
+
+@pytest.fixture
+def big_fake_mnist_dir(tmp_path_factory) -> str:
+  path = tmp_path_factory.mktemp('big_fake_mnist')
+  write_fake_mnist(path, n_train=4096)
+  return str(path)

@@ -1,5 +1,4 @@
 import glob
-import gzip
 import json
 import os
 
@@ -11,28 +10,10 @@ from mnist_flax import models, optim, train
 from configs import v36
 
 
-def _write_fake_mnist(path, n_train=256, n_test=100):
-  """Learnable fake data: the label is drawn as a bright block's position."""
-  rng = np.random.default_rng(0)
-  for split, n in (('train', n_train), ('t10k', n_test)):
-    labels = rng.integers(0, 10, n)
-    images = rng.integers(0, 40, (n, 28, 28))
-    for i, y in enumerate(labels):
-      images[i, 2 + 2 * y:6 + 2 * y, 10:18] = 255
-    for kind, array in (('images-idx3', images), ('labels-idx1', labels)):
-      header = (0x800 + array.ndim).to_bytes(4, 'big') + b''.join(
-          d.to_bytes(4, 'big') for d in array.shape)
-      with gzip.open(path / f'{split}-{kind}-ubyte.gz', 'wb') as f:
-        f.write(header + array.astype(np.uint8).tobytes())
-
-
 @pytest.fixture
-def fake_config(tmp_path):
-  data_dir = tmp_path / 'data'
-  data_dir.mkdir()
-  _write_fake_mnist(data_dir)
+def fake_config(fake_mnist_dir):
   config = v36.get_config()
-  config.data_dir = str(data_dir)
+  config.data_dir = fake_mnist_dir
   config.verify_checksums = False
   config.batch_size = 64  # 4 batches per epoch
   config.num_epochs = 3

@@ -1,0 +1,178 @@
+"""Checkpoints with orbax: save every epoch, resume, fall back past corrupt ones.
+
+A checkpoint lives in WORKDIR/checkpoints/<train step>/ and holds the whole
+TrainState plus a JSON `meta` item (epoch and metrics history). orbax writes each
+one to a temporary directory and renames it when complete, so a run killed
+mid-save leaves no half-written checkpoint behind that we would read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any, NamedTuple
+
+from absl import flags
+from absl import logging
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
+
+from mnist_flax.errors import UserError
+
+# Keys that may change between a run and its resumption: they do not change
+# what is computed. Any other difference is refused.
+RESUMABLE_KEYS = frozenset({'data_dir', 'tfds_data_dir', 'verify_checksums',
+                            'progress_bar', 'eval_batch_size', 'target_accuracy',
+                            'keep_checkpoints'})
+
+
+class CheckpointError(UserError):
+  """No usable checkpoint, or one that does not fit the configuration."""
+
+
+class Restored(NamedTuple):
+  step: int
+  state: Any
+  meta: dict[str, Any]  # {'epoch': int, 'history': [per-epoch records]}
+
+
+def _saveable(state: Any) -> Any:
+  """orbax stores arrays: typed PRNG keys go in as their raw key data."""
+  return state.replace(rng=jax.random.key_data(state.rng))
+
+
+def _unsaveable(state: Any) -> Any:
+  return state.replace(rng=jax.random.wrap_key_data(state.rng))
+
+
+def config_differences(saved: dict[str, Any],
+                       config: ml_collections.ConfigDict) -> list[str]:
+  """Keys whose values differ between a saved config and `config`."""
+  def flat(d, prefix=''):
+    out = {}
+    for k, v in d.items():
+      out.update(flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {prefix + k: v})
+    return out
+  a, b = flat(saved), flat(config.to_dict())
+  return sorted(k for k in a.keys() | b.keys()
+                if k.split('.')[0] not in RESUMABLE_KEYS and a.get(k) != b.get(k))
+
+
+class Checkpoints:
+  """The checkpoints of one workdir: the last `keep` plus the best by test accuracy."""
+
+  def __init__(self, workdir: str, keep: int = 2, read_only: bool = False):
+    self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+    self._corrupt_dir = os.path.abspath(os.path.join(workdir, 'checkpoints_corrupt'))
+    policy = policies.AnyPreservationPolicy([
+        policies.LatestN(n=keep),
+        policies.BestN(get_metric_fn=lambda m: m['test_accuracy'], n=1)])
+    options = ocp.CheckpointManagerOptions(
+        preservation_policy=policy, enable_async_checkpointing=False,
+        create=not read_only, read_only=read_only)
+    try:
+      self._manager = ocp.CheckpointManager(self.directory, options=options)
+    except OSError as e:
+      raise CheckpointError(f'cannot use {self.directory}: {e.strerror or e}; '
+                            'choose a writable --workdir') from None
+
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps(read=True))
+
+  def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
+    """Saves state and meta as checkpoint `step`; earlier ones stay intact."""
+    record = meta['history'][-1]
+    try:
+      self._manager.save(
+          step, metrics={'test_accuracy': record['test_accuracy']},
+          args=ocp.args.Composite(state=ocp.args.StandardSave(_saveable(state)),
+                                  meta=ocp.args.JsonSave(meta)))
+      self._manager.wait_until_finished()
+    except OSError as e:
+      raise CheckpointError(f'could not save checkpoint {step} in '
+                            f'{self.directory}: {e.strerror or e} (disk full or '
+                            'not writable?); earlier checkpoints are intact') from None
+
+  def restore(self, step: int, abstract_state: Any) -> Restored:
+    """Restores checkpoint `step`; raises whatever orbax raises if it is bad."""
+    restored = self._manager.restore(
+        step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_saveable(abstract_state)),
+            meta=ocp.args.JsonRestore()))
+    return Restored(step, _unsaveable(restored['state']), restored['meta'])
+
+  def restore_latest_good(self, abstract_state: Any) -> Restored | None:
+    """The newest checkpoint that restores, moving corrupt newer ones aside.
+
+    Returns None when there are no checkpoints at all; raises CheckpointError
+    when there are some and none of them can be read.
+    """
+    steps = self.steps()
+    for step in reversed(steps):
+      try:
+        return self.restore(step, abstract_state)
+      except Exception as e:  # pylint: disable=broad-except
+        logging.warning('checkpoint %d is unreadable (%s: %s)', step,
+                        type(e).__name__, e)
+        print(f'warning: checkpoint {step} in {self.directory} is unreadable '
+              f'({type(e).__name__}); moved to {self._corrupt_dir}, trying the '
+              'previous one', flush=True)
+        self._move_aside(step)
+    if steps:
+      raise CheckpointError(f'none of the checkpoints {steps} in {self.directory} '
+                            f'could be read (moved to {self._corrupt_dir}); start '
+                            'again with a new --workdir')
+    return None
+
+  def select(self, which: str) -> int:
+    """The step for 'latest', 'best' (by test accuracy) or a step number."""
+    steps = self.steps()
+    if not steps:
+      raise CheckpointError(f'no checkpoints in {self.directory}: train first '
+                            '(python -m mnist_flax.main ... --workdir=DIR)')
+    if which == 'latest':
+      return steps[-1]
+    if which == 'best':
+      history = self._manager.restore(
+          steps[-1], args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']['history']
+      kept = [h for h in history if h['step'] in steps]
+      return max(kept, key=lambda h: h['test_accuracy'])['step']
+    if which.isdigit() and int(which) in steps:
+      return int(which)
+    raise CheckpointError(f'no checkpoint {which!r} in {self.directory}: choose '
+                          f'best, latest or one of {steps}')
+
+  def _move_aside(self, step: int) -> None:
+    os.makedirs(self._corrupt_dir, exist_ok=True)
+    source = os.path.join(self.directory, str(step))
+    if os.path.exists(source):
+      shutil.move(source, os.path.join(self._corrupt_dir, str(step)))
+    self._manager.reload()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def define_flags() -> None:
+  """--workdir and --checkpoint, for the CLIs that read a checkpoint. Defined
+  when run as a program only, so that those modules can be imported together."""
+  flags.DEFINE_string('workdir', None, 'A directory mnist_flax.main trained in.')
+  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' or a step number.")
+  flags.mark_flag_as_required('workdir')
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a workdir was trained with (WORKDIR/config.json)."""
+  path = os.path.join(workdir, 'config.json')
+  try:
+    with open(path) as f:
+      return ml_collections.ConfigDict(json.load(f))
+  except FileNotFoundError:
+    raise CheckpointError(f'{path} not found: --workdir must be a directory that '
+                          'mnist_flax.main trained in') from None
+  except json.JSONDecodeError as e:
+    raise CheckpointError(f'{path} is not valid JSON ({e}); it is not a config '
+                          'saved by mnist_flax.main') from None
