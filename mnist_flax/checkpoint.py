@@ -84,10 +84,11 @@ class Checkpoints:
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
     """Saves state and meta as checkpoint `step`; earlier ones stay intact."""
-    record = meta['history'][-1]
+    history = meta['history']
+    metrics = {'test_accuracy': history[-1]['test_accuracy']} if history else None
     try:
       self._manager.save(
-          step, metrics={'test_accuracy': record['test_accuracy']},
+          step, metrics=metrics,
           args=ocp.args.Composite(state=ocp.args.StandardSave(_saveable(state)),
                                   meta=ocp.args.JsonSave(meta)))
       self._manager.wait_until_finished()
@@ -139,7 +140,8 @@ class Checkpoints:
       history = self._manager.restore(
           steps[-1], args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']['history']
       kept = [h for h in history if h['step'] in steps]
-      return max(kept, key=lambda h: h['test_accuracy'])['step']
+      # A converted checkpoint has no history: it is its own best.
+      return max(kept, key=lambda h: h['test_accuracy'])['step'] if kept else steps[-1]
     if which.isdigit() and int(which) in steps:
       return int(which)
     raise CheckpointError(f'no checkpoint {which!r} in {self.directory}: choose '
