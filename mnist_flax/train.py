@@ -55,10 +55,15 @@ def _augment_key(state: TrainState) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(state.rng, 1), state.step)
 
 
+def _float() -> jnp.dtype:
+  """float32, or float64 inside `jax.enable_x64()` (for exactness checks)."""
+  return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
 def normalize(images: jax.Array, mean: float, std: float) -> jax.Array:
   """uint8 or [0, 1] float (N, 28, 28) images -> normalised (N, 28, 28, 1)."""
   if images.dtype == jnp.uint8:
-    images = images.astype(jnp.float32) / 255.0
+    images = images.astype(_float()) / 255.0
   return ((images - mean) / std)[..., None]
 
 
@@ -87,7 +92,7 @@ def train_step(state: TrainState, metrics: Metrics, images: jax.Array,
                config: ml_collections.ConfigDict) -> tuple[TrainState, Metrics]:
   """One SGD step on perm[start:start + batch_size] of the on-device train set."""
   idx = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
-  x = images[idx].astype(jnp.float32) / 255.0
+  x = images[idx].astype(_float()) / 255.0
   y = labels[idx]
   aug = config.augment
   x = augment.random_affine(_augment_key(state), x, aug.degrees, aug.translate,

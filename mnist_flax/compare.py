@@ -1,0 +1,257 @@
+"""Train one recipe in PyTorch and in JAX on the same data; compare honestly.
+
+python -m mnist_flax.compare --config=configs/v36.py --seeds=3 [--config.data_dir=DIR]
+python -m mnist_flax.compare --config=configs/v36.py --identical_start [--steps=200]
+
+The PyTorch side uses `torch_interop.torch_model` (the same network spec), the
+same optimiser and scheduler as PyTorch code would (torch.optim, OneCycleLR,
+StepLR), the same data arrays, and augmentation drawn from the same
+distributions (rotation, integer shift, black fill) with `grid_sample`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import tempfile
+import time
+from typing import Any
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+import ml_collections
+from ml_collections import config_flags
+import numpy as np
+
+from mnist_flax import data, models, optim, torch_interop, train
+from mnist_flax.errors import UserError
+
+
+def _torch_optimizer(torch, config, parameters, steps_per_epoch):
+  """torch.optim optimiser and scheduler for the config; scheduler steps per batch."""
+  opt, sch = config.optimizer, config.schedule
+  lr = sch.max_lr if sch.name == 'onecycle' else opt.learning_rate
+  if opt.name == 'sgd':
+    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=opt.momentum,
+                                weight_decay=opt.weight_decay)
+  else:
+    optimizer = torch.optim.Adam(parameters, lr=lr, betas=(opt.b1, opt.b2),
+                                 eps=opt.eps, weight_decay=opt.weight_decay)
+  if sch.name == 'onecycle':
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=sch.max_lr, total_steps=config.num_epochs * steps_per_epoch,
+        pct_start=sch.pct_start, div_factor=sch.div_factor,
+        final_div_factor=sch.final_div_factor, cycle_momentum=sch.cycle_momentum,
+        base_momentum=sch.base_momentum, max_momentum=sch.max_momentum)
+  elif sch.name == 'step':
+    # StepLR counts epochs: step_size epochs of steps_per_epoch batches each.
+    scheduler = torch.optim.lr_scheduler.StepLR(
+        optimizer, sch.step_size * steps_per_epoch, sch.gamma)
+  else:
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+  return optimizer, scheduler
+
+
+def _torch_augment(torch, x, config, generator):
+  """Per-image rotation and integer shift of (N, 1, 28, 28) images in [0, 1]."""
+  aug = config.augment
+  if aug.degrees == 0 and aug.translate == 0:
+    return x
+  n, size = x.shape[0], x.shape[-1]
+  angle = torch.deg2rad((torch.rand(n, generator=generator) * 2 - 1) * aug.degrees)
+  shift = torch.round((torch.rand(n, 2, generator=generator) * 2 - 1)
+                      * aug.translate * size) * 2 / size  # normalised (x, y)
+  cos, sin = torch.cos(angle), torch.sin(angle)
+  # Output -> input map, counter-clockwise as torchvision and augment.py.
+  theta = torch.stack([
+      torch.stack([cos, -sin, -(cos * shift[:, 0] - sin * shift[:, 1])], 1),
+      torch.stack([sin, cos, -(sin * shift[:, 0] + cos * shift[:, 1])], 1)], 1)
+  grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+  return torch.nn.functional.grid_sample(x, grid, mode=aug.interpolation,
+                                         padding_mode='zeros', align_corners=False)
+
+
+def _torch_inputs(torch, images_u8: np.ndarray):
+  """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1]."""
+  return torch.from_numpy(np.asarray(images_u8)).float().div_(255).unsqueeze(1)
+
+
+def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
+                log=print) -> list[dict[str, Any]]:
+  """The config's recipe in plain PyTorch; per-epoch test metrics."""
+  torch = torch_interop.require_torch()
+  F = torch.nn.functional
+  torch.manual_seed(config.seed)
+  generator = torch.Generator().manual_seed(config.seed)
+  net = torch_interop.torch_model(config.model)
+  batches = train.batch_starts(len(ds.train_images), config.batch_size)
+  optimizer, scheduler = _torch_optimizer(torch, config, net.parameters(), len(batches))
+  labels = torch.from_numpy(ds.train_labels).long()
+  test_x = (_torch_inputs(torch, ds.test_images) - config.mean) / config.std
+  test_y = torch.from_numpy(ds.test_labels).long()
+  history = []
+  for epoch in range(1, config.num_epochs + 1):
+    net.train()
+    perm = torch.randperm(len(labels), generator=generator)
+    for start, size in batches:
+      idx = perm[start:start + size]
+      x = _torch_inputs(torch, ds.train_images[idx.numpy()])
+      x = (_torch_augment(torch, x, config, generator) - config.mean) / config.std
+      loss = F.nll_loss(net(x), labels[idx])
+      optimizer.zero_grad()
+      loss.backward()
+      optimizer.step()
+      scheduler.step()
+    net.eval()
+    with torch.no_grad():
+      out = torch.cat([net(test_x[i:i + config.eval_batch_size])
+                       for i in range(0, len(test_x), config.eval_batch_size)])
+    record = {'epoch': epoch,
+              'test_loss': float(F.nll_loss(out, test_y)),
+              'test_accuracy': float(100 * (out.argmax(1) == test_y).float().mean())}
+    history.append(record)
+    log(f'  torch epoch {epoch:2d}: test acc {record["test_accuracy"]:.2f}%')
+  return history
+
+
+def identical_start(config: ml_collections.ConfigDict, ds: data.Dataset,
+                    steps: int = 200, float64: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray]:
+  """Per-step training loss of both frameworks from the same weights and batches.
+
+  PyTorch initialises the network; its weights go to JAX through the
+  state_dict conversion. No augmentation; both read one fixed permutation.
+  float64=True runs both in double precision, which separates differences of
+  meaning from float32 rounding.
+  """
+  torch = torch_interop.require_torch()
+  F = torch.nn.functional
+  config = copy.deepcopy(config)
+  config.augment.degrees = config.augment.translate = 0.0
+  torch.manual_seed(config.seed)
+  net = torch_interop.torch_model(config.model)
+  if float64:
+    net = net.double()
+  variables, _ = torch_interop.from_state_dict(config.model, net.state_dict())
+
+  all_batches = train.batch_starts(len(ds.train_images), config.batch_size)
+  steps_per_epoch, batches = len(all_batches), all_batches[:steps]
+  perm = np.random.default_rng(config.seed).permutation(len(ds.train_images))
+  with jax.enable_x64(float64):
+    model = models.create_model(config.model)
+    tx = optim.create_optimizer(config, steps_per_epoch).tx
+    params = jax.tree.map(jnp.asarray, variables['params'])
+    state = train.create_train_state(model, tx, jax.random.key(config.seed)).replace(
+        params=params, opt_state=tx.init(params),
+        batch_stats=jax.tree.map(jnp.asarray, variables['batch_stats']))
+    step_fn = train.make_steps(model, tx, config).train
+    images, labels, jperm = jax.device_put((ds.train_images, ds.train_labels, perm))
+    jax_losses = []
+    for start, size in batches:
+      state, m = step_fn(state, train.zero_metrics(), images, labels, jperm, start,
+                         batch_size=size)
+      jax_losses.append(float(m['loss'] / m['count']))
+
+  optimizer, scheduler = _torch_optimizer(torch, config, net.parameters(),
+                                          steps_per_epoch)
+  torch_losses = []
+  net.train()
+  for start, size in batches:
+    idx = perm[start:start + size]
+    x = (_torch_inputs(torch, ds.train_images[idx]) - config.mean) / config.std
+    loss = F.nll_loss(net(x.to(net.conv1.weight.dtype)),
+                      torch.from_numpy(ds.train_labels[idx]).long())
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    torch_losses.append(loss.item())
+  return np.array(jax_losses), np.array(torch_losses)
+
+
+def _summary(history: list[dict[str, Any]]) -> tuple[float, float]:
+  analysis = train.final_analysis(history, 0.0)
+  return analysis['final3_average'], analysis['best_accuracy']
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+  """Per framework and seed, then mean and std per framework."""
+  lines = [f'{"framework":<10} {"seed":>4} {"final-3 avg":>12} {"best":>7} {"wall s":>8}']
+  for r in rows:
+    lines.append(f'{r["framework"]:<10} {r["seed"]:>4} {r["final3"]:>11.3f}% '
+                 f'{r["best"]:>6.2f}% {r["wall_s"]:>8.1f}')
+  for fw in dict.fromkeys(r['framework'] for r in rows):
+    f3 = np.array([r['final3'] for r in rows if r['framework'] == fw])
+    best = np.array([r['best'] for r in rows if r['framework'] == fw])
+    wall = np.array([r['wall_s'] for r in rows if r['framework'] == fw])
+    lines.append(f'{fw:<10} {"mean":>4} {f3.mean():>11.3f}% {best.mean():>6.2f}% '
+                 f'{wall.mean():>8.1f}   (std of final-3: {f3.std(ddof=1) if len(f3) > 1 else 0:.3f})')
+  return '\n'.join(lines)
+
+
+def compare(config: ml_collections.ConfigDict, seeds: int, workdir: str) -> str:
+  """Trains `seeds` seeds in each framework; returns the table."""
+  torch_interop.require_torch()
+  ds = data.load(config.dataset, config.data_dir, config.tfds_data_dir,
+                 config.verify_checksums)
+  if config.train_examples:
+    ds = ds._replace(train_images=ds.train_images[:config.train_examples],
+                     train_labels=ds.train_labels[:config.train_examples])
+  os.makedirs(workdir, exist_ok=True)
+  run_dir = tempfile.mkdtemp(prefix='compare_', dir=workdir)
+  rows = []
+  for seed in range(seeds):
+    cfg = copy.deepcopy(config)
+    cfg.seed, cfg.progress_bar = seed, False
+    start = time.time()
+    result = train.train_and_evaluate(cfg, os.path.join(run_dir, f'jax_s{seed}'))
+    rows.append({'framework': 'jax', 'seed': seed, 'wall_s': time.time() - start,
+                 **dict(zip(('final3', 'best'), _summary(result.history)))})
+    start = time.time()
+    history = train_torch(cfg, ds)
+    rows.append({'framework': 'pytorch', 'seed': seed, 'wall_s': time.time() - start,
+                 **dict(zip(('final3', 'best'), _summary(history)))})
+  rows.sort(key=lambda r: (r['framework'] != 'jax', r['seed']))
+  return format_table(rows)
+
+
+def _define_flags() -> None:
+  config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
+                                  lock_config=True)
+  flags.DEFINE_integer('seeds', 3, 'Seeds per framework.')
+  flags.DEFINE_string('workdir', 'workdirs/compare', 'Where the JAX runs write.')
+  flags.DEFINE_bool('identical_start', False, 'Same weights, same batches, no '
+                    'augmentation: report the per-step loss difference.')
+  flags.DEFINE_integer('steps', 200, 'Steps for --identical_start.')
+  flags.mark_flag_as_required('config')
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  try:
+    torch_interop.require_torch()
+    if not f.identical_start:
+      print(compare(f.config, f.seeds, f.workdir))
+      return
+    ds = data.load(f.config.dataset, f.config.data_dir, f.config.tfds_data_dir,
+                   f.config.verify_checksums)
+    jl, tl = identical_start(f.config, ds, f.steps)
+  except UserError as e:
+    sys.exit(f'error: {e}')
+  diff = np.abs(jl - tl)
+  print(f'{"step":>5} {"jax loss":>10} {"torch loss":>10} {"|diff|":>9}')
+  for i in list(range(0, len(diff), 10)) + [len(diff) - 1]:
+    print(f'{i + 1:>5} {jl[i]:>10.6f} {tl[i]:>10.6f} {diff[i]:>9.2e}')
+  over = np.nonzero(diff > 1e-3)[0]
+  print(f'max |diff| over the first 50 steps: {diff[:50].max():.2e}; over all '
+        f'{len(diff)}: {diff.max():.2e}; first step above 1e-3: '
+        f'{over[0] + 1 if len(over) else "none"}')
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

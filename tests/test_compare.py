@@ -1,0 +1,72 @@
+"""The PyTorch-vs-JAX comparison: identical start and the compare table."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from mnist_flax import compare, data, torch_interop
+from mnist_flax.errors import UserError
+from configs import model3, v36
+
+torch = pytest.importorskip('torch')
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.parametrize('config_module', [v36, model3])
+def test_identical_start_agrees(config_module, mnist_dir):
+  ds = data.load_idx_dir(mnist_dir)
+  config = config_module.get_config()
+  # In float64 the two frameworks compute the same thing step for step.
+  jl, tl = compare.identical_start(config, ds, steps=50, float64=True)
+  assert np.abs(jl - tl).max() < 1e-6
+  # In float32 rounding differences (~1e-7) grow with training; they stay
+  # below 1e-3 for the first steps (v36: 30 steps, model3 with Adam: 7).
+  jl, tl = compare.identical_start(config, ds, steps=7, float64=False)
+  assert np.abs(jl - tl).max() < 1e-3
+  assert np.abs(jl[0] - tl[0]) < 1e-5  # same weights, same batch
+
+
+def test_torch_augmentation_matches_ours_for_integer_shifts():
+  import jax
+  import jax.numpy as jnp
+  from mnist_flax import augment
+  img = np.zeros((28, 28), np.float32)
+  img[5:20, 12:15] = 1.0
+  config = v36.get_config()
+  config.augment.degrees, config.augment.translate = 0.0, 0.1
+  config.augment.interpolation = 'nearest'
+  gen = torch.Generator().manual_seed(0)
+  x = torch.from_numpy(img)[None, None]
+  out = compare._torch_augment(torch, x, config, gen)[0, 0].numpy()
+  # Recover the shift torch drew and apply it with our warp.
+  gen = torch.Generator().manual_seed(0)
+  torch.rand(1, generator=gen)
+  shift = torch.round((torch.rand(1, 2, generator=gen) * 2 - 1) * 0.1 * 28)[0].numpy()
+  ours = augment._warp(jnp.asarray(img), jnp.float32(0),
+                       jnp.asarray(shift[::-1].copy()), 0)  # ours is (y, x)
+  np.testing.assert_array_equal(out, np.asarray(ours))
+
+
+def test_compare_table(fake_mnist_dir, tmp_path):
+  proc = subprocess.run(
+      [sys.executable, '-m', 'mnist_flax.compare', '--config=configs/v36.py',
+       '--seeds=2', f'--workdir={tmp_path}', f'--config.data_dir={fake_mnist_dir}',
+       '--config.verify_checksums=False', '--config.num_epochs=1',
+       '--config.batch_size=64'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr
+  lines = proc.stdout.splitlines()
+  table = lines[lines.index(next(l for l in lines if l.startswith('framework'))):]
+  assert [l.split()[:2] for l in table[1:]] == [
+      ['jax', '0'], ['jax', '1'], ['pytorch', '0'], ['pytorch', '1'],
+      ['jax', 'mean'], ['pytorch', 'mean']]
+  assert 'std of final-3' in table[-1]
+
+
+def test_without_pytorch_says_how_to_get_it(monkeypatch):
+  monkeypatch.setitem(sys.modules, 'torch', None)
+  with pytest.raises(UserError, match=r"pip install 'mnist_flax\[torch\]'"):
+    torch_interop.require_torch()
