@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Iterator, Union
 
-from mnist_flax.errors import ConfigError
+from mnist_flax.errors import unknown
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,8 +103,7 @@ def get_network(name: str) -> Network:
   try:
     return NETWORKS[name]
   except KeyError:
-    raise ConfigError(f'unknown model {name!r}; choose one of: '
-                     f'{", ".join(NETWORKS)}') from None
+    raise unknown('model', name, NETWORKS) from None
 
 
 @dataclasses.dataclass(frozen=True)

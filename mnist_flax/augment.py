@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from mnist_flax.errors import ConfigError
+from mnist_flax.errors import unknown
 
 INTERPOLATIONS = {'nearest': 0, 'bilinear': 1}
 
@@ -36,8 +36,7 @@ def random_affine(key: jax.Array, images: jax.Array, degrees: float,
                   translate: float, interpolation: str = 'bilinear') -> jax.Array:
   """Randomly rotates and translates each image of a (N, H, W) float batch."""
   if interpolation not in INTERPOLATIONS:
-    raise ConfigError(f'unknown interpolation {interpolation!r}; choose one of: '
-                     f'{", ".join(INTERPOLATIONS)}')
+    raise unknown('interpolation', interpolation, INTERPOLATIONS)
   if degrees == 0 and translate == 0:
     return images
   n, h, w = images.shape

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from mnist_flax.errors import DataError
+from mnist_flax.errors import DataError, unknown
 
 FILES = {
     'train_images': 'train-images-idx3-ubyte',
@@ -90,8 +90,7 @@ def dataset_info(name: str) -> DatasetInfo:
   try:
     return DATASETS[name]
   except KeyError:
-    raise DataError(f'unknown dataset {name!r}; choose one of: '
-                    f'{", ".join(DATASETS)}') from None
+    raise unknown('dataset', name, DATASETS) from None
 
 
 def _find(data_dir: str, stem: str, info: DatasetInfo) -> str:

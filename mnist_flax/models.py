@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from mnist_flax import architectures as arch
-from mnist_flax.errors import ConfigError
+from mnist_flax.errors import unknown
 
 Initializer = Callable[..., jax.Array]
 
@@ -94,7 +94,7 @@ class Net(nn.Module):
 def create_model(name: str, init: str = 'torch') -> Net:
   """The named network with 'torch' (PyTorch default) or 'flax' initialisation."""
   if init not in INITS:
-    raise ConfigError(f'unknown init {init!r}; choose one of: {", ".join(INITS)}')
+    raise unknown('init', init, INITS)
   return Net(arch.get_network(name), init)
 
 

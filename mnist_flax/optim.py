@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mnist_flax.errors import ConfigError
+from mnist_flax.errors import unknown
 
 
 def _cos_anneal(start: float, end: float, done: jnp.ndarray,
@@ -109,13 +109,11 @@ def create_optimizer(config: ml_collections.ConfigDict,
   elif sch.name == 'constant':
     lr = optax.constant_schedule(opt.learning_rate)
   else:
-    raise ConfigError(f'unknown schedule {sch.name!r}; choose one of: '
-                     f'{", ".join(SCHEDULES)}')
+    raise unknown('schedule', sch.name, SCHEDULES)
   if opt.name == 'sgd':
     tx = sgd_torch(lr, momentum, opt.weight_decay)
   elif opt.name == 'adam':
     tx = adam_torch(lr, opt.b1, opt.b2, opt.eps, opt.weight_decay)
   else:
-    raise ConfigError(f'unknown optimizer {opt.name!r}; choose one of: '
-                     f'{", ".join(OPTIMIZERS)}')
+    raise unknown('optimizer', opt.name, OPTIMIZERS)
   return Optimizer(tx, lr)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mnist_flax import data
-from mnist_flax.errors import DataError
+from mnist_flax.errors import ConfigError, DataError
 
 
 def _idx(array: np.ndarray) -> bytes:
@@ -96,7 +96,7 @@ def test_missing_file_and_directory(fake_dir, tmp_path_factory):
     data.load_idx_dir(str(path), verify=False)
   with pytest.raises(DataError, match='is not a directory'):
     data.load_idx_dir(str(path / 'nope'))
-  with pytest.raises(DataError, match="unknown dataset 'emnist'"):
+  with pytest.raises(ConfigError, match="unknown dataset 'emnist'"):
     data.load_idx_dir(str(path), 'emnist')
 
 
