@@ -64,6 +64,7 @@ def _torch_augment(torch, x, config, generator):
   angle = torch.deg2rad((torch.rand(n, generator=generator) * 2 - 1) * aug.degrees)
   shift = torch.round((torch.rand(n, 2, generator=generator) * 2 - 1)
                       * aug.translate * size) * 2 / size  # normalised (x, y)
+  angle, shift = angle.to(x.device), shift.to(x.device)
   cos, sin = torch.cos(angle), torch.sin(angle)
   # Output -> input map, counter-clockwise as torchvision and augment.py.
   theta = torch.stack([
@@ -80,26 +81,27 @@ def _torch_inputs(torch, images_u8: np.ndarray):
 
 
 def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
-                log=print) -> list[dict[str, Any]]:
-  """The config's recipe in plain PyTorch; per-epoch test metrics."""
+                device: str = 'cpu', log=print) -> list[dict[str, Any]]:
+  """The config's recipe in plain PyTorch on `device`; per-epoch test metrics."""
   torch = torch_interop.require_torch()
   F = torch.nn.functional
   torch.manual_seed(config.seed)
   generator = torch.Generator().manual_seed(config.seed)
-  net = torch_interop.torch_model(config.model)
+  net = torch_interop.torch_model(config.model).to(device)
   batches = train.batch_starts(len(ds.train_images), config.batch_size)
   optimizer, scheduler = _torch_optimizer(torch, config, net.parameters(), len(batches))
-  labels = torch.from_numpy(ds.train_labels).long()
-  test_x = (_torch_inputs(torch, ds.test_images) - config.mean) / config.std
-  test_y = torch.from_numpy(ds.test_labels).long()
+  images = _torch_inputs(torch, ds.train_images).to(device)
+  labels = torch.from_numpy(ds.train_labels).long().to(device)
+  test_x = ((_torch_inputs(torch, ds.test_images) - config.mean) / config.std).to(device)
+  test_y = torch.from_numpy(ds.test_labels).long().to(device)
   history = []
   for epoch in range(1, config.num_epochs + 1):
     net.train()
     perm = torch.randperm(len(labels), generator=generator)
     for start, size in batches:
-      idx = perm[start:start + size]
-      x = _torch_inputs(torch, ds.train_images[idx.numpy()])
-      x = (_torch_augment(torch, x, config, generator) - config.mean) / config.std
+      idx = perm[start:start + size].to(device)
+      x = _torch_augment(torch, images[idx], config, generator)
+      x = (x - config.mean) / config.std
       loss = F.nll_loss(net(x), labels[idx])
       optimizer.zero_grad()
       loss.backward()
@@ -192,7 +194,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
   return '\n'.join(lines)
 
 
-def compare(config: ml_collections.ConfigDict, seeds: int, workdir: str) -> str:
+def compare(config: ml_collections.ConfigDict, seeds: int, workdir: str,
+            torch_device: str = 'cpu') -> str:
   """Trains `seeds` seeds in each framework; returns the table."""
   torch_interop.require_torch()
   ds = data.load(config.dataset, config.data_dir, config.tfds_data_dir,
@@ -211,7 +214,7 @@ def compare(config: ml_collections.ConfigDict, seeds: int, workdir: str) -> str:
     rows.append({'framework': 'jax', 'seed': seed, 'wall_s': time.time() - start,
                  **dict(zip(('final3', 'best'), _summary(result.history)))})
     start = time.time()
-    history = train_torch(cfg, ds)
+    history = train_torch(cfg, ds, torch_device)
     rows.append({'framework': 'pytorch', 'seed': seed, 'wall_s': time.time() - start,
                  **dict(zip(('final3', 'best'), _summary(history)))})
   rows.sort(key=lambda r: (r['framework'] != 'jax', r['seed']))
@@ -226,6 +229,7 @@ def _define_flags() -> None:
   flags.DEFINE_bool('identical_start', False, 'Same weights, same batches, no '
                     'augmentation: report the per-step loss difference.')
   flags.DEFINE_integer('steps', 200, 'Steps for --identical_start.')
+  flags.DEFINE_string('torch_device', 'cpu', "PyTorch's device: cpu or cuda.")
   flags.mark_flag_as_required('config')
 
 
@@ -235,7 +239,7 @@ def main(argv):
   try:
     torch_interop.require_torch()
     if not f.identical_start:
-      print(compare(f.config, f.seeds, f.workdir))
+      print(compare(f.config, f.seeds, f.workdir, f.torch_device))
       return
     ds = data.load(f.config.dataset, f.config.data_dir, f.config.tfds_data_dir,
                    f.config.verify_checksums)
