@@ -30,7 +30,6 @@ def test_identical_start_agrees(config_module, mnist_dir):
 
 
 def test_torch_augmentation_matches_ours_for_integer_shifts():
-  import jax
   import jax.numpy as jnp
   from mnist_flax import augment
   img = np.zeros((28, 28), np.float32)

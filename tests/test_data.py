@@ -1,5 +1,4 @@
 import gzip
-import hashlib
 import os
 import shutil
 import time
