@@ -80,7 +80,8 @@ class Checkpoints:
                             'choose a writable --workdir') from None
 
   def steps(self) -> list[int]:
-    return sorted(self._manager.all_steps(read=True))
+    self._manager.reload()  # another process may have saved since
+    return sorted(self._manager.all_steps())
 
   def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
     """Saves state and meta as checkpoint `step`; earlier ones stay intact."""

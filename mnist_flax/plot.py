@@ -1,0 +1,115 @@
+"""PNG plots of finished runs.
+
+python -m mnist_flax.plot --workdir=DIR [--workdir=DIR2 ...] --out=curves.png
+python -m mnist_flax.plot --workdir=DIR --kind=confusion --out=confusion.png
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+import matplotlib
+
+matplotlib.use('Agg')  # files only; no display needed
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+from mnist_flax import checkpoint, data, evaluate
+from mnist_flax.errors import UserError
+
+
+def read_history(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, 'metrics.jsonl')
+  try:
+    with open(path) as f:
+      return [json.loads(line) for line in f if line.strip()]
+  except FileNotFoundError:
+    raise UserError(f'{path} not found: --workdir must be a directory that '
+                    'mnist_flax.main trained in') from None
+
+
+def plot_curves(workdirs: list[str], out: str, target: float = 99.4) -> None:
+  """Test accuracy per epoch of several runs, with the target line."""
+  fig, ax = plt.subplots(figsize=(8, 5))
+  lowest = target
+  for workdir in workdirs:
+    history = read_history(workdir)
+    acc = [h['test_accuracy'] for h in history]
+    ax.plot([h['epoch'] for h in history], acc, marker='o', markersize=3,
+            label=os.path.basename(os.path.normpath(workdir)))
+    lowest = min(lowest, *acc[len(acc) // 3:]) if acc else lowest
+  ax.axhline(target, color='black', linestyle='--', linewidth=1,
+             label=f'{target:.2f}%')
+  ax.set_ylim(max(lowest - 0.3, 90), 100)
+  ax.set_xlabel('epoch')
+  ax.set_ylabel('test accuracy (%)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+
+
+def plot_confusion(workdir: str, out: str, which: str = 'latest',
+                   max_errors: int = 48) -> None:
+  """The test set's confusion matrix and the misclassified digits."""
+  _, logits = evaluate.evaluate_checkpoint(workdir, which)
+  config = checkpoint.load_config(workdir)
+  ds = data.load(config.dataset, config.data_dir, config.tfds_data_dir,
+                 config.verify_checksums)
+  labels, predicted = ds.test_labels, logits.argmax(1)
+  matrix = np.zeros((10, 10), int)
+  np.add.at(matrix, (labels, predicted), 1)
+  wrong = np.nonzero(labels != predicted)[0]
+
+  cols = 8
+  rows = max(1, -(-min(len(wrong), max_errors) // cols))
+  fig = plt.figure(figsize=(15, max(6, 1.4 * rows)))
+  grid = fig.add_gridspec(rows, 2 + cols, width_ratios=[4, 0.3] + [0.55] * cols)
+  ax = fig.add_subplot(grid[:, 0])
+  ax.imshow(np.log1p(matrix), cmap='Blues')
+  for t in range(10):
+    for p in range(10):
+      if matrix[t, p]:
+        ax.text(p, t, matrix[t, p], ha='center', va='center', fontsize=7,
+                color='white' if t == p else 'black')
+  ax.set(xticks=range(10), yticks=range(10), xlabel='predicted', ylabel='true',
+         title=f'{len(wrong)} errors in {len(labels)} test images '
+               f'({100 * (1 - len(wrong) / len(labels)):.2f}% correct)')
+  for k, i in enumerate(wrong[:max_errors]):
+    sub = fig.add_subplot(grid[k // cols, 2 + k % cols])
+    sub.imshow(ds.test_images[i], cmap='gray')
+    sub.set_title(f'{labels[i]}→{predicted[i]}', fontsize=8)
+    sub.axis('off')
+  fig.savefig(out, dpi=110, bbox_inches='tight')
+  plt.close(fig)
+
+
+def _define_flags() -> None:
+  flags.DEFINE_multi_string('workdir', None, 'Run directories (repeat for several).')
+  flags.DEFINE_string('out', None, 'The PNG file to write.')
+  flags.DEFINE_enum('kind', 'curves', ['curves', 'confusion'], 'What to plot.')
+  flags.DEFINE_string('checkpoint', 'latest', "For confusion: 'latest', 'best' or a step.")
+  flags.mark_flags_as_required(['workdir', 'out'])
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  try:
+    if f.kind == 'curves':
+      plot_curves(f.workdir, f.out)
+    else:
+      plot_confusion(f.workdir[0], f.out, f.checkpoint)
+  except UserError as e:
+    sys.exit(f'error: {e}')
+  print(f.out)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)
