@@ -75,6 +75,16 @@ def _torch_augment(torch, x, config, generator):
                                          padding_mode='zeros', align_corners=False)
 
 
+def _torch_step(torch, net, optimizer, scheduler, x, y):
+  """One PyTorch training step, as the seeds' loops do it; returns the loss."""
+  loss = torch.nn.functional.nll_loss(net(x), y)
+  optimizer.zero_grad()
+  loss.backward()
+  optimizer.step()
+  scheduler.step()
+  return loss
+
+
 def _torch_inputs(torch, images_u8: np.ndarray):
   """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1]."""
   return torch.from_numpy(np.asarray(images_u8)).float().div_(255).unsqueeze(1)
@@ -101,12 +111,8 @@ def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
     for start, size in batches:
       idx = perm[start:start + size].to(device)
       x = _torch_augment(torch, images[idx], config, generator)
-      x = (x - config.mean) / config.std
-      loss = F.nll_loss(net(x), labels[idx])
-      optimizer.zero_grad()
-      loss.backward()
-      optimizer.step()
-      scheduler.step()
+      _torch_step(torch, net, optimizer, scheduler, (x - config.mean) / config.std,
+                  labels[idx])
     net.eval()
     with torch.no_grad():
       out = torch.cat([net(test_x[i:i + config.eval_batch_size])
@@ -130,7 +136,6 @@ def identical_start(config: ml_collections.ConfigDict, ds: data.Dataset,
   meaning from float32 rounding.
   """
   torch = torch_interop.require_torch()
-  F = torch.nn.functional
   config = copy.deepcopy(config)
   config.augment.degrees = config.augment.translate = 0.0
   torch.manual_seed(config.seed)
@@ -164,12 +169,8 @@ def identical_start(config: ml_collections.ConfigDict, ds: data.Dataset,
   for start, size in batches:
     idx = perm[start:start + size]
     x = (_torch_inputs(torch, ds.train_images[idx]) - config.mean) / config.std
-    loss = F.nll_loss(net(x.to(net.conv1.weight.dtype)),
-                      torch.from_numpy(ds.train_labels[idx]).long())
-    optimizer.zero_grad()
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
+    loss = _torch_step(torch, net, optimizer, scheduler, x.to(net.conv1.weight.dtype),
+                       torch.from_numpy(ds.train_labels[idx]).long())
     torch_losses.append(loss.item())
   return np.array(jax_losses), np.array(torch_losses)
 
@@ -198,11 +199,7 @@ def compare(config: ml_collections.ConfigDict, seeds: int, workdir: str,
             torch_device: str = 'cpu') -> str:
   """Trains `seeds` seeds in each framework; returns the table."""
   torch_interop.require_torch()
-  ds = data.load(config.dataset, config.data_dir, config.tfds_data_dir,
-                 config.verify_checksums)
-  if config.train_examples:
-    ds = ds._replace(train_images=ds.train_images[:config.train_examples],
-                     train_labels=ds.train_labels[:config.train_examples])
+  ds = data.load_for(config)
   os.makedirs(workdir, exist_ok=True)
   run_dir = tempfile.mkdtemp(prefix='compare_', dir=workdir)
   rows = []
@@ -241,9 +238,7 @@ def main(argv):
     if not f.identical_start:
       print(compare(f.config, f.seeds, f.workdir, f.torch_device))
       return
-    ds = data.load(f.config.dataset, f.config.data_dir, f.config.tfds_data_dir,
-                   f.config.verify_checksums)
-    jl, tl = identical_start(f.config, ds, f.steps)
+    jl, tl = identical_start(f.config, data.load_for(f.config), f.steps)
   except UserError as e:
     sys.exit(f'error: {e}')
   diff = np.abs(jl - tl)

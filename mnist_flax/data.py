@@ -12,7 +12,7 @@ import hashlib
 import os
 import socket
 import zlib
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -233,8 +233,20 @@ def load_tfds(dataset: str = 'mnist', tfds_data_dir: str | None = None) -> Datas
 
 
 def load(dataset: str, data_dir: str = '', tfds_data_dir: str = '',
-         verify: bool = True) -> Dataset:
-  """IDX files from `data_dir` when given, else TFDS."""
+         verify: bool = True, train_examples: int = 0) -> Dataset:
+  """IDX files from `data_dir` when given, else TFDS; optionally only the first
+  `train_examples` training images."""
   if data_dir:
-    return load_idx_dir(os.path.expanduser(data_dir), dataset, verify)
-  return load_tfds(dataset, tfds_data_dir or None)
+    ds = load_idx_dir(os.path.expanduser(data_dir), dataset, verify)
+  else:
+    ds = load_tfds(dataset, tfds_data_dir or None)
+  if train_examples:
+    ds = ds._replace(train_images=ds.train_images[:train_examples],
+                     train_labels=ds.train_labels[:train_examples])
+  return ds
+
+
+def load_for(config: Any) -> Dataset:
+  """The dataset a training config names (see `config.py`)."""
+  return load(config.dataset, config.data_dir, config.tfds_data_dir,
+              config.verify_checksums, config.train_examples)

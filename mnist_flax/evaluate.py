@@ -16,11 +16,13 @@ from mnist_flax.errors import UserError
 
 
 def evaluate_checkpoint(workdir: str, which: str = 'latest',
-                        data_dir: str | None = None) -> tuple[dict, np.ndarray]:
-  """Test metrics and logits of a checkpoint, on the run's dataset."""
+                        data_dir: str | None = None
+                        ) -> tuple[dict, np.ndarray, data.Dataset]:
+  """Test metrics and logits of a checkpoint, and the run's dataset."""
   config, model, restored = train.load_checkpoint(workdir, which)
-  ds = data.load(config.dataset, config.data_dir if data_dir is None else data_dir,
-                 config.tfds_data_dir, config.verify_checksums)
+  if data_dir is not None:
+    config.data_dir = data_dir
+  ds = data.load_for(config)
   variables = {'params': restored.state.params,
                'batch_stats': restored.state.batch_stats}
   apply = jax.jit(lambda x: model.apply(
@@ -34,7 +36,7 @@ def evaluate_checkpoint(workdir: str, which: str = 'latest',
             'test_accuracy': float(100 * np.mean(logits.argmax(1) == labels)),
             'test_loss': float(-log_probs[np.arange(len(labels)), labels].mean()),
             'test_examples': len(labels)}
-  return result, logits
+  return result, logits, ds
 
 
 def _define_flags() -> None:
@@ -47,7 +49,7 @@ def _define_flags() -> None:
 def main(argv):
   del argv
   try:
-    result, logits = evaluate_checkpoint(
+    result, logits, _ = evaluate_checkpoint(
         flags.FLAGS.workdir, flags.FLAGS.checkpoint, flags.FLAGS.data_dir)
     if flags.FLAGS.logits_out:
       np.save(flags.FLAGS.logits_out, logits)

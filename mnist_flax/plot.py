@@ -18,7 +18,7 @@ matplotlib.use('Agg')  # files only; no display needed
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from mnist_flax import checkpoint, data, evaluate
+from mnist_flax import evaluate
 from mnist_flax.errors import UserError
 
 
@@ -57,10 +57,7 @@ def plot_curves(workdirs: list[str], out: str, target: float = 99.4) -> None:
 def plot_confusion(workdir: str, out: str, which: str = 'latest',
                    max_errors: int = 48) -> None:
   """The test set's confusion matrix and the misclassified digits."""
-  _, logits = evaluate.evaluate_checkpoint(workdir, which)
-  config = checkpoint.load_config(workdir)
-  ds = data.load(config.dataset, config.data_dir, config.tfds_data_dir,
-                 config.verify_checksums)
+  _, logits, ds = evaluate.evaluate_checkpoint(workdir, which)
   labels, predicted = ds.test_labels, logits.argmax(1)
   matrix = np.zeros((10, 10), int)
   np.add.at(matrix, (labels, predicted), 1)

@@ -262,11 +262,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict,
   """
   _prepare_workdir(workdir)
   model = models.create_model(config.model, config.init)
-  ds = data.load(config.dataset, config.data_dir, config.tfds_data_dir,
-                 config.verify_checksums)
-  if config.train_examples:
-    ds = ds._replace(train_images=ds.train_images[:config.train_examples],
-                     train_labels=ds.train_labels[:config.train_examples])
+  ds = data.load_for(config)
   num_train = len(ds.train_images)
   batches = batch_starts(num_train, config.batch_size)
   optimizer = optim.create_optimizer(config, len(batches))

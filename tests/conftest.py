@@ -32,6 +32,16 @@ def write_fake_mnist(path, n_train=256, n_test=100):
         f.write(header + array.astype(np.uint8).tobytes())
 
 
+def small_config(data_dir: str, epochs: int = 3, **overrides):
+  """configs/v36.py on small fake data: batch 64, no progress bar."""
+  from configs import v36  # pylint: disable=g-import-not-at-top
+  config = v36.get_config()
+  config.data_dir, config.verify_checksums = str(data_dir), False
+  config.batch_size, config.num_epochs, config.progress_bar = 64, epochs, False
+  config.update(overrides)
+  return config
+
+
 @pytest.fixture
 def fake_mnist_dir(tmp_path_factory) -> str:
   path = tmp_path_factory.mktemp('fake_mnist')

@@ -14,20 +14,13 @@ import pytest
 from PIL import Image
 
 from mnist_flax import checkpoint, data, evaluate, predict, train
-from configs import v36
+from conftest import small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _config(data_dir, epochs=3, batch_size=64):
-  config = v36.get_config()
-  config.data_dir = data_dir
-  config.verify_checksums = False
-  config.batch_size = batch_size
-  config.num_epochs = epochs
-  config.progress_bar = False
-  config.keep_checkpoints = 3
-  return config
+def _config(data_dir, epochs=3):
+  return small_config(data_dir, epochs, keep_checkpoints=3)
 
 
 def _without_times(history):
@@ -188,7 +181,7 @@ def test_predict_on_drawn_pngs(fake_mnist_dir, tmp_path):
   workdir = str(tmp_path / 'w')
   train.train_and_evaluate(_config(fake_mnist_dir, epochs=3), workdir)
   test = data.load_idx_dir(fake_mnist_dir, verify=False)
-  _, logits = evaluate.evaluate_checkpoint(workdir)
+  _, logits, _ = evaluate.evaluate_checkpoint(workdir)
   paths = []
   for i in range(4):
     grey = tmp_path / f'grey{i}.png'

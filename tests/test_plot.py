@@ -3,21 +3,17 @@ from PIL import Image
 
 from mnist_flax import plot, train
 from mnist_flax.errors import UserError
-from configs import v36
+from conftest import small_config, write_fake_mnist
 
 
 @pytest.fixture(scope='module')
 def two_runs(tmp_path_factory):
-  from conftest import write_fake_mnist
   root = tmp_path_factory.mktemp('plot')
   (root / 'data').mkdir()
   write_fake_mnist(root / 'data')
   workdirs = []
   for seed in (0, 1):
-    config = v36.get_config()
-    config.data_dir, config.verify_checksums = str(root / 'data'), False
-    config.batch_size, config.num_epochs, config.progress_bar = 64, 2, False
-    config.seed = seed
+    config = small_config(root / 'data', epochs=2, seed=seed)
     workdirs.append(str(root / f's{seed}'))
     train.train_and_evaluate(config, workdirs[-1])
   return workdirs

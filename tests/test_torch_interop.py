@@ -69,7 +69,7 @@ def test_round_trip_through_a_workdir_is_exact(name, tmp_path, mnist_dir):
     assert before[key].dtype == after[key].dtype, key
     assert torch.equal(before[key], after[key]), key
   # evaluate reads the converted checkpoint.
-  result, logits = evaluate.evaluate_checkpoint(workdir)
+  result, logits, _ = evaluate.evaluate_checkpoint(workdir)
   assert logits.shape == (10000, 10) and result['epoch'] == 0
 
 

@@ -7,17 +7,12 @@ import pytest
 
 from mnist_flax import models, optim, train
 from configs import v36
+from conftest import small_config
 
 
 @pytest.fixture
 def fake_config(fake_mnist_dir):
-  config = v36.get_config()
-  config.data_dir = fake_mnist_dir
-  config.verify_checksums = False
-  config.batch_size = 64  # 4 batches per epoch
-  config.num_epochs = 3
-  config.progress_bar = False
-  return config
+  return small_config(fake_mnist_dir)  # 4 batches per epoch
 
 
 def test_same_seed_same_numbers(fake_config, tmp_path):
