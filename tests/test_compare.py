@@ -15,16 +15,16 @@ torch = pytest.importorskip('torch')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.mark.parametrize('config_module', [v36, model3])
-def test_identical_start_agrees(config_module, mnist_dir):
+@pytest.mark.parametrize('config_module,float32_steps', [(v36, 20), (model3, 5)])
+def test_identical_start_agrees(config_module, float32_steps, mnist_dir):
   ds = data.load_idx_dir(mnist_dir)
   config = config_module.get_config()
   # In float64 the two frameworks compute the same thing step for step.
   jl, tl = compare.identical_start(config, ds, steps=50, float64=True)
   assert np.abs(jl - tl).max() < 1e-6
-  # In float32 rounding differences (~1e-7) grow with training; they stay
-  # below 1e-3 for the first steps (v36: 30 steps, model3 with Adam: 7).
-  jl, tl = compare.identical_start(config, ds, steps=7, float64=False)
+  # In float32 rounding differences (~1e-7) grow with training; measured here
+  # they pass 1e-3 at step 31 (v36) and 8 (model3, Adam): test well before.
+  jl, tl = compare.identical_start(config, ds, steps=float32_steps)
   assert np.abs(jl - tl).max() < 1e-3
   assert np.abs(jl[0] - tl[0]) < 1e-5  # same weights, same batch
 
