@@ -48,8 +48,7 @@ def to_torch(workdir: str, out: str, which: str = 'latest') -> None:
   """Saves a checkpoint's weights as a PyTorch state_dict file."""
   torch = torch_interop.require_torch()
   config, _, restored = train.load_checkpoint(workdir, which)
-  variables = jax.device_get({'params': restored.state.params,
-                              'batch_stats': restored.state.batch_stats})
+  variables = jax.device_get(restored.state.variables)
   tracked = restored.meta.get('num_batches_tracked', int(restored.state.step))
   torch.save(torch_interop.to_state_dict(config.model, variables, tracked), out)
 

@@ -37,6 +37,11 @@ class TrainState:
   opt_state: optax.OptState
   rng: jax.Array  # the run's base key; per-step keys are folded in from it
 
+  @property
+  def variables(self) -> dict[str, Any]:
+    """The model's variables, as `model.apply` takes them."""
+    return {'params': self.params, 'batch_stats': self.batch_stats}
+
 
 def create_train_state(model: models.Net, tx: optax.GradientTransformation,
                        key: jax.Array) -> TrainState:
@@ -60,10 +65,15 @@ def _float() -> jnp.dtype:
   return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
+def to_unit(images: jax.Array) -> jax.Array:
+  """uint8 images -> floats in [0, 1]."""
+  return images.astype(_float()) / 255.0
+
+
 def normalize(images: jax.Array, mean: float, std: float) -> jax.Array:
   """uint8 or [0, 1] float (N, 28, 28) images -> normalised (N, 28, 28, 1)."""
   if images.dtype == jnp.uint8:
-    images = images.astype(_float()) / 255.0
+    images = to_unit(images)
   return ((images - mean) / std)[..., None]
 
 
@@ -92,7 +102,7 @@ def train_step(state: TrainState, metrics: Metrics, images: jax.Array,
                config: ml_collections.ConfigDict) -> tuple[TrainState, Metrics]:
   """One SGD step on perm[start:start + batch_size] of the on-device train set."""
   idx = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
-  x = images[idx].astype(_float()) / 255.0
+  x = to_unit(images[idx])
   y = labels[idx]
   aug = config.augment
   x = augment.random_affine(_augment_key(state), x, aug.degrees, aug.translate,
@@ -121,8 +131,7 @@ def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
               model: models.Net, config: ml_collections.ConfigDict) -> Metrics:
   """Summed loss and correct count on un-augmented uint8 images."""
   x = normalize(images, config.mean, config.std)
-  logits = model.apply({'params': state.params, 'batch_stats': state.batch_stats},
-                       x, train=False)
+  logits = model.apply(state.variables, x, train=False)
   return _summed_metrics(logits, labels)
 
 
