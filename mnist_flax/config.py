@@ -26,6 +26,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.num_epochs = 15
   c.seed = 0
+  c.num_seeds = 1           # K > 1: seeds seed..seed+K-1 at once (jax.vmap),
+                            # each in WORKDIR/seed_S
+  c.steps_per_dispatch = 1  # train steps per jitted call (lax.scan), for
+                            # accelerators where dispatch dominates
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'sgd'           # 'sgd' or 'adam', both as PyTorch's

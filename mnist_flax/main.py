@@ -8,7 +8,7 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
-from mnist_flax import architectures, train
+from mnist_flax import architectures, parallel, train
 from mnist_flax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -16,6 +16,15 @@ flags.DEFINE_string('workdir', None, 'Directory for metrics and TensorBoard logs
 config_flags.DEFINE_config_file(
     'config', None, 'A config file from configs/; override keys with '
     '--config.KEY=VALUE.', lock_config=True)
+flags.DEFINE_integer(
+    'cpu_devices', 0, 'Split the host CPU into this many JAX devices, to train '
+    'data-parallel over them (no effect on GPU/TPU runs); 0: JAX\'s default, one.')
+flags.DEFINE_bool('distributed', False, 'Multi-host: call '
+                  'jax.distributed.initialize() (with the flags below, or the '
+                  'cluster\'s environment) and train over every process\'s devices.')
+flags.DEFINE_string('coordinator', '', 'host:port of process 0 (--distributed).')
+flags.DEFINE_integer('num_processes', 0, 'Number of processes (--distributed).')
+flags.DEFINE_integer('process_id', -1, "This process's index (--distributed).")
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -36,14 +45,18 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = FLAGS.config
+  parallel.use_cpu_devices(FLAGS.cpu_devices)
+  if FLAGS.distributed:
+    parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes,
+                                    FLAGS.process_id)
   try:
     network = architectures.get_network(config.model)
     params = architectures.param_count(network)
     verdict = 'PASS' if params < architectures.PARAM_LIMIT else 'FAIL'
     print(f'{config.model}: {params:,} parameters, {verdict} '
           f'(< {architectures.PARAM_LIMIT:,}); JAX {jax.__version__} on '
-          f'{jax.device_count()} x {jax.devices()[0].device_kind}', flush=True)
-    train.train_and_evaluate(config, FLAGS.workdir)
+          f'{parallel.describe()}', flush=True)
+    train.train_seeds(config, FLAGS.workdir)
   except UserError as e:
     sys.exit(f'error: {e}')
 

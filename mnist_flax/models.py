@@ -57,6 +57,19 @@ class BatchNorm(nn.Module):
     return (x - mean) * (scale * jax.lax.rsqrt(var + self.epsilon)) + bias
 
 
+def max_pool(x: jax.Array, window: int) -> jax.Array:
+  """Non-overlapping max pooling, flooring odd sizes as PyTorch's MaxPool2d.
+
+  A reshape and max rather than `nn.max_pool`: XLA's CPU gradient of
+  reduce_window (select-and-scatter) made the whole V36 step 1.2x slower
+  (docs/performance.md).
+  """
+  n, h, w, c = x.shape
+  h, w = h // window, w // window
+  x = x[:, :h * window, :w * window]
+  return x.reshape(n, h, window, w, window, c).max(axis=(2, 4))
+
+
 class Net(nn.Module):
   """A network from `architectures.NETWORKS`; NHWC in, logits (N, 10) out."""
 
@@ -82,8 +95,7 @@ class Net(nn.Module):
       elif isinstance(layer, arch.ReLU):
         x = nn.relu(x)
       elif isinstance(layer, arch.MaxPool):
-        w = layer.window
-        x = nn.max_pool(x, (w, w), strides=(w, w))
+        x = max_pool(x, layer.window)
       elif isinstance(layer, arch.GlobalAvgPool):
         x = x.mean(axis=(1, 2), keepdims=True)
       else:

@@ -21,8 +21,8 @@ import numpy as np
 import optax
 import tqdm
 
-from mnist_flax import augment, checkpoint, data, models, optim
-from mnist_flax.errors import UserError
+from mnist_flax import augment, checkpoint, data, models, optim, parallel
+from mnist_flax.errors import ConfigError, UserError
 
 Metrics = dict[str, jax.Array]
 
@@ -52,8 +52,10 @@ def create_train_state(model: models.Net, tx: optax.GradientTransformation,
                     opt_state=tx.init(variables['params']), rng=rng)
 
 
-def shuffle_key(state: TrainState, epoch: int) -> jax.Array:
-  return jax.random.fold_in(jax.random.fold_in(state.rng, 0), epoch)
+def epoch_permutation(rng: jax.Array, epoch: jax.Array, num: int) -> jax.Array:
+  """The order of the training examples in `epoch`, from the run's base key."""
+  return jax.random.permutation(
+      jax.random.fold_in(jax.random.fold_in(rng, 0), epoch), num)
 
 
 def _augment_key(state: TrainState) -> jax.Array:
@@ -99,15 +101,25 @@ def train_step(state: TrainState, metrics: Metrics, images: jax.Array,
                labels: jax.Array, perm: jax.Array, start: jax.Array, *,
                batch_size: int, model: models.Net,
                tx: optax.GradientTransformation,
-               config: ml_collections.ConfigDict) -> tuple[TrainState, Metrics]:
-  """One SGD step on perm[start:start + batch_size] of the on-device train set."""
+               config: ml_collections.ConfigDict,
+               batch_sharding: jax.sharding.Sharding | None = None
+               ) -> tuple[TrainState, Metrics]:
+  """One SGD step on perm[start:start + batch_size] of the on-device train set.
+
+  With `batch_sharding`, each device gathers, augments and trains on its slice
+  of the batch (the dataset and the state are replicated).
+  """
   idx = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
+  if batch_sharding is not None:
+    idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
   x = to_unit(images[idx])
   y = labels[idx]
   aug = config.augment
   x = augment.random_affine(_augment_key(state), x, aug.degrees, aug.translate,
                             aug.interpolation)
-  x = normalize(x, config.mean, config.std)
+  # Without the barrier XLA fuses the warp into conv1's input and the V36 step
+  # runs 1.25x slower on CPU (docs/performance.md).
+  x = jax.lax.optimization_barrier(normalize(x, config.mean, config.std))
 
   def loss_fn(params):
     logits, updates = model.apply(
@@ -138,24 +150,54 @@ def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
 class Steps(NamedTuple):
   train: Callable[..., tuple[TrainState, Metrics]]
   eval: Callable[..., Metrics]
+  # Like `train` but over an array of batch starts, one dispatch for them all.
+  train_many: Callable[..., tuple[TrainState, Metrics]]
 
 
 def make_steps(model: models.Net, tx: optax.GradientTransformation,
-               config: ml_collections.ConfigDict) -> Steps:
-  """Jitted train and eval steps; the train step donates state and metrics."""
-  train = jax.jit(functools.partial(train_step, model=model, tx=tx, config=config),
-                  static_argnames='batch_size', donate_argnums=(0, 1))
-  evaluate = jax.jit(functools.partial(eval_step, model=model, config=config))
-  return Steps(train, evaluate)
+               config: ml_collections.ConfigDict,
+               mesh: jax.sharding.Mesh | None = None,
+               stacked: bool = False) -> Steps:
+  """Jitted train and eval steps; the train steps donate state and metrics.
+
+  `mesh`: batches split across its devices. `stacked`: state, metrics and perm
+  carry a leading seed axis and every seed trains at once (`jax.vmap`).
+  """
+  sharding = parallel.batch_sharded(mesh) if mesh is not None else None
+  seed_axis = (0, 0, None, None, 0, None) if stacked else None
+
+  def step(state, metrics, images, labels, perm, start, *, batch_size):
+    fn = functools.partial(train_step, batch_size=batch_size, model=model,
+                           tx=tx, config=config, batch_sharding=sharding)
+    if stacked:
+      fn = jax.vmap(fn, in_axes=seed_axis)
+    return fn(state, metrics, images, labels, perm, start)
+
+  evaluate_ = functools.partial(eval_step, model=model, config=config)
+  if stacked:
+    evaluate_ = jax.vmap(evaluate_, in_axes=(0, None, None))
+
+  def many(state, metrics, images, labels, perm, starts, *, batch_size):
+    def body(carry, start):
+      return step(*carry, images, labels, perm, start, batch_size=batch_size), None
+    return jax.lax.scan(body, (state, metrics), starts)[0]
+
+  jit = functools.partial(jax.jit, static_argnames='batch_size',
+                          donate_argnums=(0, 1))
+  return Steps(jit(step), jax.jit(evaluate_), jit(many))
 
 
 def evaluate(eval_fn: Callable[..., Metrics], state: TrainState,
-             batches: list[tuple[jax.Array, jax.Array]]) -> dict[str, float]:
-  """Mean loss, accuracy (%) and correct count over pre-batched test data."""
+             batches: list[tuple[jax.Array, jax.Array]]) -> Metrics:
+  """Summed test metrics over pre-batched data (per seed when stacked)."""
   totals = eval_fn(state, *batches[0])
   for images, labels in batches[1:]:
     totals = _add(totals, eval_fn(state, images, labels))
-  totals = jax.device_get(totals)
+  return jax.device_get(totals)
+
+
+def _means(totals: Metrics) -> dict[str, float]:
+  """Mean loss, accuracy (%), correct and total count from summed metrics."""
   return {'loss': float(totals['loss'] / totals['count']),
           'accuracy': float(100 * totals['correct'] / totals['count']),
           'correct': int(totals['correct']), 'count': int(totals['count'])}
@@ -226,28 +268,12 @@ class TrainResult(NamedTuple):
   analysis: dict[str, Any]
 
 
-def _check_finite(metrics: Metrics, epoch: int) -> None:
-  step = int(metrics['first_nonfinite'])
-  if step >= 0:
+def _check_finite(first_nonfinite: int, epoch: int, seed: int) -> None:
+  if first_nonfinite >= 0:
     raise TrainingDiverged(
-        f'the loss became NaN or infinite at epoch {epoch}, step {step + 1}; '
-        'training stopped and nothing from this epoch was saved: lower the '
-        'learning rate (or check the data)')
-
-
-def _resume(ckpts: checkpoint.Checkpoints, config: ml_collections.ConfigDict,
-            workdir: str, state: TrainState) -> checkpoint.Restored | None:
-  """The latest good checkpoint of a run with this config, if there is one."""
-  if not ckpts.steps():
-    return None
-  saved = checkpoint.load_config(workdir)
-  changed = checkpoint.config_differences(saved.to_dict(), config)
-  if changed:
-    raise checkpoint.CheckpointError(
-        f'{workdir} holds a run with another config (changed: '
-        f'{", ".join(changed)}); rerun with the same config to resume, or use a '
-        'new --workdir')
-  return ckpts.restore_latest_good(state)
+        f'the loss became NaN or infinite at epoch {epoch}, step '
+        f'{first_nonfinite + 1} (seed {seed}); training stopped and nothing from '
+        'this epoch was saved: lower the learning rate (or check the data)')
 
 
 def _prepare_workdir(workdir: str) -> None:
@@ -262,86 +288,267 @@ def _prepare_workdir(workdir: str) -> None:
         '--workdir') from None
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict,
-                       workdir: str) -> TrainResult:
-  """Trains config.model for config.num_epochs, evaluating after every epoch.
+class _Run:
+  """One seed's workdir: its config, checkpoints, history and metric files."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
+    self.config, self.workdir = config, workdir
+    if parallel.is_primary():
+      _prepare_workdir(workdir)
+    self.ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
+    self.history: list[dict[str, Any]] = []
+    self.writer: MetricWriter | None = None
+    self.last_state: TrainState | None = None
+
+  def resume(self, template: TrainState, step: int | None = None
+             ) -> checkpoint.Restored | None:
+    """The latest good checkpoint (or `step`) of a run with this config."""
+    if not self.ckpts.steps():
+      return None
+    saved = checkpoint.load_config(self.workdir)
+    changed = checkpoint.config_differences(saved.to_dict(), self.config)
+    if changed:
+      raise checkpoint.CheckpointError(
+          f'{self.workdir} holds a run with another config (changed: '
+          f'{", ".join(changed)}); rerun with the same config to resume, or use '
+          'a new --workdir')
+    if step is not None:
+      return self.ckpts.restore(step, template)
+    return self.ckpts.restore_latest_good(template)
+
+  def open(self) -> None:
+    if not parallel.is_primary():
+      return
+    if not self.history:
+      with open(os.path.join(self.workdir, 'config.json'), 'w') as f:
+        f.write(self.config.to_json(indent=2))
+    self.writer = MetricWriter(self.workdir, self.history)
+
+  def close(self) -> None:
+    if self.writer:
+      self.writer.close()
+    self.ckpts.close()
+
+
+def _seed_configs(config: ml_collections.ConfigDict, workdir: str
+                  ) -> list[tuple[ml_collections.ConfigDict, str]]:
+  """(config, workdir) per seed. With num_seeds = K > 1, seed s trains in
+  WORKDIR/seed_s as an ordinary one-seed run, so evaluate, predict, convert and
+  plot read it as they read any run."""
+  if config.num_seeds < 1:
+    raise ConfigError(f'num_seeds must be >= 1, not {config.num_seeds}')
+  if config.num_seeds == 1:
+    return [(config, workdir)]
+  runs = []
+  for k in range(config.num_seeds):
+    one = ml_collections.ConfigDict(config.to_dict())
+    one.seed, one.num_seeds = config.seed + k, 1
+    runs.append((one, os.path.join(workdir, f'seed_{one.seed}')))
+  return runs
+
+
+def _stack(trees: list[Any]) -> Any:
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def _unstack(tree: Any, k: int) -> Any:
+  return jax.tree.map(lambda x: x[k], tree)
+
+
+def _restore(runs: list[_Run], template: TrainState) -> list[TrainState] | None:
+  """Each seed's latest checkpoint, all at the same step, or None: no checkpoints."""
+  restored = [run.resume(template) for run in runs]
+  if all(r is None for r in restored):
+    return None
+  if any(r is None for r in restored):
+    missing = [run.workdir for run, r in zip(runs, restored) if r is None]
+    raise checkpoint.CheckpointError(
+        f'{", ".join(missing)} hold no checkpoint while the other seeds do; '
+        'use a new --workdir')
+  step = min(r.step for r in restored)  # a run killed between seeds' saves
+  restored = [r if r.step == step else run.resume(template, step)
+              for run, r in zip(runs, restored)]
+  for run, r in zip(runs, restored):
+    run.history = r.meta['history']
+  return [r.state for r in restored]
+
+
+def train_seeds(config: ml_collections.ConfigDict,
+                workdir: str) -> list[TrainResult]:
+  """Trains config.num_seeds replicas of config.model at once (seeds
+  config.seed, config.seed + 1, ...), evaluating after every epoch.
 
   Saves a checkpoint after every epoch and, rerun with the same workdir,
   resumes from the latest one; a finished run is not trained again.
   """
-  _prepare_workdir(workdir)
   model = models.create_model(config.model, config.init)
   ds = data.load_for(config)
   num_train = len(ds.train_images)
   batches = batch_starts(num_train, config.batch_size)
   optimizer = optim.create_optimizer(config, len(batches))
-  state = create_train_state(model, optimizer.tx, jax.random.key(config.seed))
+  mesh = parallel.create_mesh()
+  parallel.check_batch_sizes(
+      {size for _, size in batches} | {min(config.eval_batch_size, len(ds.test_images))},
+      mesh)
+  replicated = parallel.replicated(mesh)
+  seeds = _seed_configs(config, workdir)
+  stacked = len(seeds) > 1
 
-  ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
-  restored = _resume(ckpts, config, workdir, state)
-  history = restored.meta['history'] if restored else []
-  if restored:
-    state = restored.state
-    if len(history) >= config.num_epochs:
-      print(f'{workdir}: this run already finished ({len(history)} epochs); '
-            'nothing to do.', flush=True)
-      analysis = final_analysis(history, config.target_accuracy)
-      print(format_analysis(analysis), flush=True)
-      return TrainResult(state, history, analysis)
-    print(f'Resuming from the checkpoint of epoch {len(history)} (step '
-          f'{restored.step}) in {ckpts.directory}.', flush=True)
-  else:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json(indent=2))
-
-  # The whole dataset lives on the device as uint8; batches are gathered there.
-  train_images, train_labels = jax.device_put((ds.train_images, ds.train_labels))
-  eval_batches = [jax.device_put((ds.test_images[i:i + config.eval_batch_size],
-                                  ds.test_labels[i:i + config.eval_batch_size]))
-                  for i in range(0, len(ds.test_images), config.eval_batch_size)]
-  steps = make_steps(model, optimizer.tx, config)
-  writer = MetricWriter(workdir, history)
+  create = jax.jit(lambda key: create_train_state(model, optimizer.tx, key),
+                   out_shardings=replicated)
+  states = [create(jax.random.key(c.seed)) for c, _ in seeds]
+  if parallel.is_primary() and stacked:
+    _prepare_workdir(workdir)
+  runs = [_Run(c, w) for c, w in seeds]
   try:
-    for epoch in range(len(history) + 1, config.num_epochs + 1):
-      start_time = time.time()
-      perm = jax.random.permutation(shuffle_key(state, epoch), num_train)
-      metrics = zero_metrics()
-      bar = tqdm.tqdm(batches, desc=f'Epoch {epoch}', leave=False,
-                      disable=not config.progress_bar, mininterval=1.0)
-      for i, (start, size) in enumerate(bar):
-        state, metrics = steps.train(state, metrics, train_images, train_labels,
-                                     perm, start, batch_size=size)
-        if config.progress_bar and i % 50 == 49:
-          m = jax.device_get(metrics)
-          _check_finite(m, epoch)
-          bar.set_postfix(loss=f'{m["loss"] / m["count"]:.4f}',
-                          acc=f'{100 * m["correct"] / m["count"]:.2f}%')
-      m = jax.device_get(metrics)
-      _check_finite(m, epoch)
-      test = evaluate(steps.eval, state, eval_batches)
-      record = {
-          'epoch': epoch, 'step': int(state.step),
-          'train_loss': float(m['loss'] / m['count']),
-          'train_accuracy': float(100 * m['correct'] / m['count']),
-          'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
-          'learning_rate': float(optimizer.learning_rate(int(state.step) - 1)),
-          'epoch_time_s': time.time() - start_time,
-      }
-      history.append(record)
-      ckpts.save(record['step'], state, {'epoch': epoch, 'history': history})
-      writer.write(record)
-      print(f'Epoch {epoch:2d}/{config.num_epochs}: '
-            f'train loss {record["train_loss"]:.4f} acc {record["train_accuracy"]:.2f}% | '
-            f'test loss {test["loss"]:.4f} acc {test["accuracy"]:.2f}% '
-            f'({test["correct"]}/{test["count"]}) | '
-            f'lr {record["learning_rate"]:.6f} | {record["epoch_time_s"]:.1f}s',
-            flush=True)
+    states = _restore(runs, states[0]) or states
+    for run, state in zip(runs, states):
+      run.last_state = state
+    done = len(runs[0].history)
+    if done >= config.num_epochs:
+      print(f'{workdir}: this run already finished ({done} epochs); nothing '
+            'to do.', flush=True)
+    elif done:
+      print(f'Resuming from the checkpoint of epoch {done} (step '
+            f'{int(states[0].step)}) in {workdir}.', flush=True)
+    if done < config.num_epochs:
+      for run in runs:
+        run.open()
+      _train_epochs(config, runs, _stack(states) if stacked else states[0], ds,
+                    make_steps(model, optimizer.tx, config, mesh, stacked),
+                    optimizer, batches, mesh)
   finally:
-    writer.close()
-    ckpts.close()
-  analysis = final_analysis(history, config.target_accuracy)
-  print(format_analysis(analysis), flush=True)
-  return TrainResult(state, history, analysis)
+    for run in runs:
+      run.close()
+  results = []
+  for k, run in enumerate(runs):
+    analysis = final_analysis(run.history, config.target_accuracy)
+    if parallel.is_primary():
+      print((f'seed {run.config.seed}\n' if stacked else '')
+            + format_analysis(analysis), flush=True)
+    results.append(TrainResult(run.last_state, run.history, analysis))
+  if stacked and parallel.is_primary():
+    print(format_seeds([r.analysis for r in results],
+                       [run.config.seed for run in runs]), flush=True)
+  return results
+
+
+def _train_epochs(config: ml_collections.ConfigDict, runs: list[_Run],
+                  state: TrainState, ds: data.Dataset, steps: Steps,
+                  optimizer: optim.Optimizer, batches: list[tuple[int, int]],
+                  mesh: jax.sharding.Mesh) -> None:
+  """The epoch loop: train, evaluate, checkpoint and log every seed."""
+  stacked = len(runs) > 1
+  replicated = parallel.replicated(mesh)
+  # The whole dataset lives on every device as uint8; batches are gathered there.
+  train_images, train_labels = parallel.put((ds.train_images, ds.train_labels),
+                                            replicated)
+  size = config.eval_batch_size
+  eval_batches = [parallel.put((ds.test_images[i:i + size], ds.test_labels[i:i + size]),
+                               parallel.batch_sharded(mesh))
+                  for i in range(0, len(ds.test_images), size)]
+  num_train = len(ds.train_images)
+  permute = functools.partial(epoch_permutation, num=num_train)
+  zeros = zero_metrics
+  if stacked:
+    permute = jax.vmap(permute, in_axes=(0, None))
+    zeros = lambda: _stack([zero_metrics()] * len(runs))
+  permute = jax.jit(permute, out_shardings=replicated)
+  zeros = jax.jit(zeros, out_shardings=replicated)
+  chunks = _dispatch_plan(batches, config.batch_size, config.steps_per_dispatch)
+  # XLA's CPU collectives deadlock (a rendezvous timeout, then abort) when
+  # several multi-device steps are in flight (seen with jax 0.10.2 on 2 cores);
+  # one at a time costs little, as each step is milliseconds of compute.
+  in_lockstep = mesh.size > 1 and mesh.devices.flat[0].platform == 'cpu'
+  for epoch in range(len(runs[0].history) + 1, config.num_epochs + 1):
+    start_time = time.time()
+    perm = permute(state.rng, epoch)
+    metrics = zeros()
+    done = 0
+    bar = tqdm.tqdm(total=len(batches), desc=f'Epoch {epoch}', leave=False,
+                    disable=not (config.progress_bar and parallel.is_primary()),
+                    mininterval=1.0)
+    for starts, size in chunks:
+      if len(starts) == 1:
+        state, metrics = steps.train(state, metrics, train_images, train_labels,
+                                     perm, starts[0], batch_size=size)
+      else:
+        state, metrics = steps.train_many(state, metrics, train_images, train_labels,
+                                          perm, np.asarray(starts, np.int32),
+                                          batch_size=size)
+      if in_lockstep:
+        jax.block_until_ready(metrics)
+      bar.update(len(starts))
+      done += len(starts)
+      if config.progress_bar and done % 50 < len(starts):
+        m = _first_seed(jax.device_get(metrics), stacked)
+        bar.set_postfix(loss=f'{m["loss"] / m["count"]:.4f}',
+                        acc=f'{100 * m["correct"] / m["count"]:.2f}%')
+    bar.close()
+    train_totals = jax.device_get(metrics)
+    test_totals = evaluate(steps.eval, state, eval_batches)
+    step = int(jax.device_get(state.step).flat[0])
+    records = []
+    for k, run in enumerate(runs):
+      m = _unstack(train_totals, k) if stacked else train_totals
+      _check_finite(int(m['first_nonfinite']), epoch, run.config.seed)
+      train_, test = _means(m), _means(_unstack(test_totals, k) if stacked else test_totals)
+      records.append({
+          'epoch': epoch, 'step': step,
+          'train_loss': train_['loss'], 'train_accuracy': train_['accuracy'],
+          'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
+          'learning_rate': float(optimizer.learning_rate(step - 1)),
+          'epoch_time_s': time.time() - start_time,
+      })
+    for k, (run, record) in enumerate(zip(runs, records)):
+      run.history.append(record)
+      run.last_state = _unstack(state, k) if stacked else state
+      run.ckpts.save(step, run.last_state, {'epoch': epoch, 'history': run.history})
+      if run.writer:
+        run.writer.write(record)
+      if parallel.is_primary():
+        print(f'Epoch {epoch:2d}/{config.num_epochs}'
+              f'{f" seed {run.config.seed}" if stacked else ""}: '
+              f'train loss {record["train_loss"]:.4f} acc {record["train_accuracy"]:.2f}% | '
+              f'test loss {record["test_loss"]:.4f} acc {record["test_accuracy"]:.2f}% | '
+              f'lr {record["learning_rate"]:.6f} | {record["epoch_time_s"]:.1f}s',
+              flush=True)
+
+
+def _first_seed(metrics: Metrics, stacked: bool) -> Metrics:
+  return _unstack(metrics, 0) if stacked else metrics
+
+
+def _dispatch_plan(batches: list[tuple[int, int]], batch_size: int,
+                   per_dispatch: int) -> list[tuple[list[int], int]]:
+  """Groups an epoch's batches into (starts, size) dispatches: up to
+  `per_dispatch` full batches each; a smaller last batch goes alone."""
+  if per_dispatch < 1:
+    raise ConfigError(f'steps_per_dispatch must be >= 1, not {per_dispatch}')
+  full = [start for start, size in batches if size == batch_size]
+  plan = [(full[i:i + per_dispatch], batch_size)
+          for i in range(0, len(full), per_dispatch)]
+  return plan + [([start], size) for start, size in batches if size != batch_size]
+
+
+def format_seeds(analyses: list[dict[str, Any]], seeds: list[int]) -> str:
+  """Per-seed final-3 averages and best, with their mean and std."""
+  averages = np.array([a['final3_average'] for a in analyses])
+  lines = ['seed  final-3 avg   best']
+  lines += [f'{s:4d}  {a["final3_average"]:10.3f}%  {a["best_accuracy"]:.2f}%'
+            for s, a in zip(seeds, analyses)]
+  lines.append(f'mean  {averages.mean():10.3f}%  (std {averages.std(ddof=1):.3f}, '
+               f'{len(seeds)} seeds)')
+  return '\n'.join(lines)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict,
+                       workdir: str) -> TrainResult:
+  """Trains one seed (config.num_seeds must be 1); see `train_seeds`."""
+  if config.num_seeds != 1:
+    raise ConfigError('train_and_evaluate trains one seed; call train_seeds '
+                      f'for num_seeds={config.num_seeds}')
+  return train_seeds(config, workdir)[0]
 
 
 def num_params(params: Any) -> int:

@@ -129,7 +129,7 @@ def test_nan_loss_stops_and_saves_nothing(fake_mnist_dir, tmp_path):
   config.optimizer.learning_rate = 1e30
   workdir = str(tmp_path / 'w')
   with pytest.raises(train.TrainingDiverged,
-                     match=r'NaN or infinite at epoch 1, step \d+; .*nothing'):
+                     match=r'NaN or infinite at epoch 1, step \d+ \(seed 0\); .*nothing'):
     train.train_and_evaluate(config, workdir)
   assert checkpoint.Checkpoints(workdir, read_only=True).steps() == []
 

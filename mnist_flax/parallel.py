@@ -1,0 +1,85 @@
+"""Data parallelism with `jax.sharding`: every device of every process.
+
+One `Mesh` with a 'data' axis over all devices (of all processes after
+`jax.distributed.initialize`). Each batch is split along that axis; the state
+and the uint8 dataset are replicated. Because BatchNorm's statistics are
+reductions over the whole (global) batch inside one jitted program, XLA inserts
+the all-reduces and the numbers do not depend on the device count.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+
+from mnist_flax.errors import ConfigError
+
+AXIS = 'data'
+
+
+def use_cpu_devices(count: int) -> None:
+  """Splits the host CPU into `count` JAX devices. Must run before JAX starts."""
+  if count > 0:
+    jax.config.update('jax_num_cpu_devices', count)
+
+
+def initialize_distributed(coordinator: str, num_processes: int,
+                           process_id: int) -> None:
+  """Joins a multi-process run (one call per process, before any computation).
+
+  Arguments left empty/negative are taken from the environment (Cloud TPU, SLURM,
+  ...), as `jax.distributed.initialize` does. On CPU, collectives go over gloo.
+  """
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator or None,
+                             num_processes if num_processes > 0 else None,
+                             process_id if process_id >= 0 else None)
+
+
+def create_mesh() -> Mesh:
+  """A 1-D mesh over every device of every process."""
+  return Mesh(np.array(jax.devices()), (AXIS,))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split across the mesh."""
+  return NamedSharding(mesh, P(AXIS))
+
+
+def check_batch_sizes(sizes: set[int], mesh: Mesh) -> None:
+  """Every batch must split evenly: a clear error naming the fix otherwise."""
+  devices = mesh.size
+  bad = sorted(s for s in sizes if s % devices)
+  if bad:
+    raise ConfigError(
+        f'batch sizes {bad} (the last batch of an epoch included) do not split '
+        f'across {devices} devices; choose a batch_size (and train_examples) '
+        f'whose batches are multiples of {devices}, or run on fewer devices '
+        '(--cpu_devices, CUDA_VISIBLE_DEVICES)')
+
+
+def put(tree: Any, sharding: NamedSharding) -> Any:
+  """Host arrays (the same value in every process) -> global arrays."""
+  def one(x):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(one, tree)
+
+
+def is_primary() -> bool:
+  """Only process 0 writes logs and metrics files."""
+  return jax.process_index() == 0
+
+
+def describe() -> str:
+  """The devices a run trains on, for its first log line."""
+  first = jax.devices()[0]
+  hosts = f' over {jax.process_count()} processes' if jax.process_count() > 1 else ''
+  return f'{jax.device_count()} x {first.device_kind} ({first.platform}){hosts}'
