@@ -61,8 +61,21 @@ def check_batch_sizes(sizes: set[int], mesh: Mesh) -> None:
     raise ConfigError(
         f'batch sizes {bad} (the last batch of an epoch included) do not split '
         f'across {devices} devices; choose a batch_size (and train_examples) '
-        f'whose batches are multiples of {devices}, or run on fewer devices '
+        f'whose batches are multiples of {devices}, or train on fewer devices '
         '(--cpu_devices, CUDA_VISIBLE_DEVICES)')
+
+
+def padded_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
+                   devices: int) -> list[tuple[np.ndarray, np.ndarray]]:
+  """Evaluation batches, each padded to a multiple of `devices` with blank
+  images labelled -1 (which the metrics skip), so any test set splits evenly."""
+  batches = []
+  for i in range(0, len(images), batch_size):
+    x, y = images[i:i + batch_size], labels[i:i + batch_size]
+    pad = -len(x) % devices
+    batches.append((np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]),
+                    np.concatenate([y, np.full(pad, -1, y.dtype)])))
+  return batches
 
 
 def put(tree: Any, sharding: NamedSharding) -> Any:

@@ -80,10 +80,12 @@ def normalize(images: jax.Array, mean: float, std: float) -> jax.Array:
 
 
 def _summed_metrics(logits: jax.Array, labels: jax.Array) -> Metrics:
+  """Summed loss, correct count and count; label -1 marks padding, not counted."""
+  valid = labels >= 0
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-  return {'loss': losses.sum(),
-          'correct': (logits.argmax(-1) == labels).sum().astype(jnp.float32),
-          'count': jnp.asarray(labels.shape[0], jnp.float32)}
+  return {'loss': jnp.where(valid, losses, 0.0).sum(),
+          'correct': ((logits.argmax(-1) == labels) & valid).sum().astype(jnp.float32),
+          'count': valid.sum().astype(jnp.float32)}
 
 
 def _add(totals: Metrics, batch: Metrics) -> Metrics:
@@ -387,9 +389,7 @@ def train_seeds(config: ml_collections.ConfigDict,
   batches = batch_starts(num_train, config.batch_size)
   optimizer = optim.create_optimizer(config, len(batches))
   mesh = parallel.create_mesh()
-  parallel.check_batch_sizes(
-      {size for _, size in batches} | {min(config.eval_batch_size, len(ds.test_images))},
-      mesh)
+  parallel.check_batch_sizes({size for _, size in batches}, mesh)
   replicated = parallel.replicated(mesh)
   seeds = _seed_configs(config, workdir)
   stacked = len(seeds) > 1
@@ -443,10 +443,9 @@ def _train_epochs(config: ml_collections.ConfigDict, runs: list[_Run],
   # The whole dataset lives on every device as uint8; batches are gathered there.
   train_images, train_labels = parallel.put((ds.train_images, ds.train_labels),
                                             replicated)
-  size = config.eval_batch_size
-  eval_batches = [parallel.put((ds.test_images[i:i + size], ds.test_labels[i:i + size]),
-                               parallel.batch_sharded(mesh))
-                  for i in range(0, len(ds.test_images), size)]
+  eval_batches = [parallel.put(batch, parallel.batch_sharded(mesh)) for batch in
+                  parallel.padded_batches(ds.test_images, ds.test_labels,
+                                          config.eval_batch_size, mesh.size)]
   num_train = len(ds.train_images)
   permute = functools.partial(epoch_permutation, num=num_train)
   zeros = zero_metrics
