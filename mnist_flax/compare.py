@@ -30,7 +30,7 @@ from mnist_flax import data, models, optim, torch_interop, train
 from mnist_flax.errors import UserError
 
 
-def _torch_optimizer(torch, config, parameters, steps_per_epoch):
+def torch_optimizer(torch, config, parameters, steps_per_epoch):
   """torch.optim optimiser and scheduler for the config; scheduler steps per batch."""
   opt, sch = config.optimizer, config.schedule
   lr = sch.max_lr if sch.name == 'onecycle' else opt.learning_rate
@@ -85,9 +85,9 @@ def _torch_step(torch, net, optimizer, scheduler, x, y):
   return loss
 
 
-def _torch_inputs(torch, images_u8: np.ndarray):
+def torch_inputs(torch, images_u8: np.ndarray):
   """uint8 (N, 28, 28) -> float (N, 1, 28, 28) in [0, 1]."""
-  return torch.from_numpy(np.asarray(images_u8)).float().div_(255).unsqueeze(1)
+  return torch.from_numpy(np.array(images_u8)).float().div_(255).unsqueeze(1)
 
 
 def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
@@ -99,10 +99,10 @@ def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
   generator = torch.Generator().manual_seed(config.seed)
   net = torch_interop.torch_model(config.model).to(device)
   batches = train.batch_starts(len(ds.train_images), config.batch_size)
-  optimizer, scheduler = _torch_optimizer(torch, config, net.parameters(), len(batches))
-  images = _torch_inputs(torch, ds.train_images).to(device)
+  optimizer, scheduler = torch_optimizer(torch, config, net.parameters(), len(batches))
+  images = torch_inputs(torch, ds.train_images).to(device)
   labels = torch.from_numpy(ds.train_labels).long().to(device)
-  test_x = ((_torch_inputs(torch, ds.test_images) - config.mean) / config.std).to(device)
+  test_x = ((torch_inputs(torch, ds.test_images) - config.mean) / config.std).to(device)
   test_y = torch.from_numpy(ds.test_labels).long().to(device)
   history = []
   for epoch in range(1, config.num_epochs + 1):
@@ -162,13 +162,13 @@ def identical_start(config: ml_collections.ConfigDict, ds: data.Dataset,
                          batch_size=size)
       jax_losses.append(float(m['loss'] / m['count']))
 
-  optimizer, scheduler = _torch_optimizer(torch, config, net.parameters(),
+  optimizer, scheduler = torch_optimizer(torch, config, net.parameters(),
                                           steps_per_epoch)
   torch_losses = []
   net.train()
   for start, size in batches:
     idx = perm[start:start + size]
-    x = (_torch_inputs(torch, ds.train_images[idx]) - config.mean) / config.std
+    x = (torch_inputs(torch, ds.train_images[idx]) - config.mean) / config.std
     loss = _torch_step(torch, net, optimizer, scheduler, x.to(net.conv1.weight.dtype),
                        torch.from_numpy(ds.train_labels[idx]).long())
     torch_losses.append(loss.item())

@@ -454,35 +454,24 @@ def _train_epochs(config: ml_collections.ConfigDict, runs: list[_Run],
     zeros = lambda: _stack([zero_metrics()] * len(runs))
   permute = jax.jit(permute, out_shardings=replicated)
   zeros = jax.jit(zeros, out_shardings=replicated)
-  chunks = _dispatch_plan(batches, config.batch_size, config.steps_per_dispatch)
-  # XLA's CPU collectives deadlock (a rendezvous timeout, then abort) when
-  # several multi-device steps are in flight (seen with jax 0.10.2 on 2 cores);
-  # one at a time costs little, as each step is milliseconds of compute.
-  in_lockstep = mesh.size > 1 and mesh.devices.flat[0].platform == 'cpu'
+  plan = dispatch_plan(batches, config.batch_size, config.steps_per_dispatch)
+  lockstep = needs_lockstep(mesh)
   for epoch in range(len(runs[0].history) + 1, config.num_epochs + 1):
     start_time = time.time()
     perm = permute(state.rng, epoch)
-    metrics = zeros()
-    done = 0
     bar = tqdm.tqdm(total=len(batches), desc=f'Epoch {epoch}', leave=False,
                     disable=not (config.progress_bar and parallel.is_primary()),
                     mininterval=1.0)
-    for starts, size in chunks:
-      if len(starts) == 1:
-        state, metrics = steps.train(state, metrics, train_images, train_labels,
-                                     perm, starts[0], batch_size=size)
-      else:
-        state, metrics = steps.train_many(state, metrics, train_images, train_labels,
-                                          perm, np.asarray(starts, np.int32),
-                                          batch_size=size)
-      if in_lockstep:
-        jax.block_until_ready(metrics)
-      bar.update(len(starts))
-      done += len(starts)
-      if config.progress_bar and done % 50 < len(starts):
-        m = _first_seed(jax.device_get(metrics), stacked)
+
+    def progress(done: int, metrics: Metrics) -> None:
+      bar.update(done - bar.n)
+      if config.progress_bar and done % 50 < config.steps_per_dispatch:
+        m = _unstack(jax.device_get(metrics), 0) if stacked else jax.device_get(metrics)
         bar.set_postfix(loss=f'{m["loss"] / m["count"]:.4f}',
                         acc=f'{100 * m["correct"] / m["count"]:.2f}%')
+
+    state, metrics = train_epoch(steps, state, zeros(), train_images, train_labels,
+                                 perm, plan, lockstep, progress)
     bar.close()
     train_totals = jax.device_get(metrics)
     test_totals = evaluate(steps.eval, state, eval_batches)
@@ -514,11 +503,36 @@ def _train_epochs(config: ml_collections.ConfigDict, runs: list[_Run],
               flush=True)
 
 
-def _first_seed(metrics: Metrics, stacked: bool) -> Metrics:
-  return _unstack(metrics, 0) if stacked else metrics
+def needs_lockstep(mesh: jax.sharding.Mesh) -> bool:
+  """XLA's CPU collectives deadlock (a rendezvous timeout, then abort) when
+  several multi-device steps are in flight (seen with jax 0.10.2 on 2 cores);
+  one at a time costs little, as each step is milliseconds of compute."""
+  return mesh.size > 1 and mesh.devices.flat[0].platform == 'cpu'
 
 
-def _dispatch_plan(batches: list[tuple[int, int]], batch_size: int,
+def train_epoch(steps: Steps, state: TrainState, metrics: Metrics,
+                images: jax.Array, labels: jax.Array, perm: jax.Array,
+                plan: list[tuple[list[int], int]], lockstep: bool = False,
+                progress: Callable[[int, Metrics], None] | None = None
+                ) -> tuple[TrainState, Metrics]:
+  """Runs the dispatches of `plan` (see `dispatch_plan`) over one epoch."""
+  done = 0
+  for starts, size in plan:
+    if len(starts) == 1:
+      state, metrics = steps.train(state, metrics, images, labels, perm, starts[0],
+                                   batch_size=size)
+    else:
+      state, metrics = steps.train_many(state, metrics, images, labels, perm,
+                                        np.asarray(starts, np.int32), batch_size=size)
+    if lockstep:
+      jax.block_until_ready(metrics)
+    done += len(starts)
+    if progress:
+      progress(done, metrics)
+  return state, metrics
+
+
+def dispatch_plan(batches: list[tuple[int, int]], batch_size: int,
                    per_dispatch: int) -> list[tuple[list[int], int]]:
   """Groups an epoch's batches into (starts, size) dispatches: up to
   `per_dispatch` full batches each; a smaller last batch goes alone."""

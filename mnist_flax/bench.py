@@ -1,0 +1,354 @@
+"""python -m mnist_flax.bench [--models=v36,model3] [--json=FILE]
+
+Ours against PyTorch on this machine, in one process, the two interleaved so
+that drift of the machine's speed cancels in the ratios:
+  1. train-step throughput at the config's batch size (PyTorch eager, and
+     torch.compile where it works), same architecture and optimiser, random data;
+  2. a full training epoch with shuffling and augmentation, against a PyTorch
+     DataLoader that augments per sample (PIL, as torchvision does);
+  3. eval throughput; 4. time to the first step's result (compile);
+  5. peak memory (resident set of a child process per framework).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any, Callable
+
+from absl import app
+from absl import flags
+import jax
+import numpy as np
+
+from mnist_flax import compare, data, models, optim, parallel, torch_interop, train
+from mnist_flax.errors import UserError
+
+CONFIGS = {'v36': 'configs/v36.py', 'model1': 'configs/model1.py',
+           'model2': 'configs/model2.py', 'model3': 'configs/model3.py'}
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_config(model: str):
+  """The model's recipe from configs/ (batch size, optimiser, augmentation)."""
+  import runpy  # pylint: disable=g-import-not-at-top
+  if model not in CONFIGS:
+    raise UserError(f'no config for model {model!r}; choose from {", ".join(CONFIGS)}')
+  return runpy.run_path(os.path.join(_ROOT, CONFIGS[model]))['get_config']()
+
+
+def threads() -> int:
+  return len(os.sched_getaffinity(0))
+
+
+def machine() -> dict[str, Any]:
+  cpu = platform.processor()
+  try:
+    with open('/proc/cpuinfo') as f:
+      cpu = next(line.split(':', 1)[1].strip() for line in f
+                 if line.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  torch = torch_interop.require_torch()
+  return {'cpu': cpu, 'cores': threads(), 'jax': jax.__version__,
+          'jax_devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
+          'torch': torch.__version__, 'python': platform.python_version()}
+
+
+def _rate(fn: Callable[[], Any], n: int, per_call: int) -> float:
+  """Images per second of n calls of fn (fn blocks on its last result)."""
+  start = time.perf_counter()
+  fn()
+  return n * per_call / (time.perf_counter() - start)
+
+
+class Ours:
+  """Our jitted train/eval steps on the on-device dataset."""
+
+  def __init__(self, config, images: np.ndarray, labels: np.ndarray):
+    self.config = config
+    model = models.create_model(config.model)
+    self.batches = train.batch_starts(len(images), config.batch_size)
+    self.optimizer = optim.create_optimizer(config, len(self.batches))
+    self.mesh = parallel.create_mesh()
+    replicated = parallel.replicated(self.mesh)
+    self.state = jax.jit(lambda k: train.create_train_state(model, self.optimizer.tx, k),
+                         out_shardings=replicated)(jax.random.key(0))
+    self.steps = train.make_steps(model, self.optimizer.tx, config, self.mesh)
+    self.images, self.labels = parallel.put((images, labels), replicated)
+    self.perm = jax.jit(lambda r: train.epoch_permutation(r, 1, len(images)))(self.state.rng)
+    self.metrics = train.zero_metrics()
+    self.lockstep = train.needs_lockstep(self.mesh)
+
+  def first_step_s(self) -> float:
+    start = time.perf_counter()
+    self._steps(1)
+    return time.perf_counter() - start
+
+  def _steps(self, n: int) -> None:
+    self._run([([(i % (len(self.batches) - 1)) * self.config.batch_size],
+                self.config.batch_size) for i in range(n)])
+
+  def _run(self, plan: list[tuple[list[int], int]]) -> None:
+    self.state, self.metrics = train.train_epoch(
+        self.steps, self.state, self.metrics, self.images, self.labels, self.perm,
+        plan, self.lockstep)
+    jax.block_until_ready(self.metrics)
+
+  def train_rate(self, n: int) -> float:
+    return _rate(lambda: self._steps(n), n, self.config.batch_size)
+
+  def epoch_s(self) -> float:
+    """A whole epoch, the permutation included; every shape compiled before."""
+    plan = train.dispatch_plan(self.batches, self.config.batch_size,
+                               self.config.steps_per_dispatch)
+    self._run([p for p in plan if p[1] != self.config.batch_size])
+    start = time.perf_counter()
+    perm = jax.jit(lambda r: train.epoch_permutation(r, 2, len(self.perm)))(self.state.rng)
+    self.state, self.metrics = train.train_epoch(
+        self.steps, self.state, self.metrics, self.images, self.labels, perm, plan,
+        self.lockstep)
+    jax.block_until_ready(self.metrics)
+    return time.perf_counter() - start
+
+  def eval_rate(self, images: np.ndarray, labels: np.ndarray, repeats: int) -> float:
+    batches = [parallel.put(b, parallel.batch_sharded(self.mesh)) for b in
+               parallel.padded_batches(images, labels, self.config.eval_batch_size,
+                                       self.mesh.size)]
+    jax.block_until_ready(train.evaluate(self.steps.eval, self.state, batches))
+    return _rate(lambda: [train.evaluate(self.steps.eval, self.state, batches)
+                          for _ in range(repeats)], repeats, len(images))
+
+
+class Torch:
+  """The same network and recipe in PyTorch eager (or torch.compile)."""
+
+  def __init__(self, config, compiled: bool = False):
+    self.torch = torch = torch_interop.require_torch()
+    torch.set_num_threads(threads())
+    torch.manual_seed(0)
+    self.config = config
+    self.net = torch_interop.torch_model(config.model)
+    self.optimizer, self.scheduler = compare.torch_optimizer(
+        torch, config, self.net.parameters(), 469)
+    self.forward = torch.compile(self.net) if compiled else self.net
+    n = config.batch_size
+    self.x = torch.randn(n, 1, 28, 28)
+    self.y = torch.randint(0, 10, (n,))
+
+  def _step(self, x, y):
+    loss = self.torch.nn.functional.nll_loss(self.forward(x), y)
+    self.optimizer.zero_grad()
+    loss.backward()
+    self.optimizer.step()
+    self.scheduler.step()
+    return loss
+
+  def first_step_s(self) -> float:
+    start = time.perf_counter()
+    self._step(self.x, self.y).item()
+    return time.perf_counter() - start
+
+  def train_rate(self, n: int) -> float:
+    self.net.train()
+
+    def run():
+      for _ in range(n):
+        loss = self._step(self.x, self.y)
+      loss.item()
+    return _rate(run, n, self.config.batch_size)
+
+  def epoch_s(self, images: np.ndarray, labels: np.ndarray, workers: int) -> float:
+    """One epoch through a DataLoader that warps each sample with PIL."""
+    loader = self.torch.utils.data.DataLoader(
+        AugmentedMNIST(images, labels, self.config), batch_size=self.config.batch_size,
+        shuffle=True, num_workers=workers)
+    self.net.train()
+    start = time.perf_counter()
+    for x, y in loader:
+      loss = self._step(x, y)
+    loss.item()
+    return time.perf_counter() - start
+
+  def eval_rate(self, images: np.ndarray, repeats: int) -> float:
+    torch = self.torch
+    x = (compare.torch_inputs(torch, images) - self.config.mean) / self.config.std
+    size = self.config.eval_batch_size
+    self.net.eval()
+
+    def run():
+      with torch.no_grad():
+        for _ in range(repeats):
+          for i in range(0, len(x), size):
+            self.net(x[i:i + size])
+    return _rate(run, repeats, len(images))
+
+
+class AugmentedMNIST:
+  """A map-style dataset: RandomAffine-like rotation and shift per sample with
+  PIL, then ToTensor and Normalize, the way the seeds' loaders fed PyTorch."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray, config):
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    self.Image = Image
+    self.images, self.labels, self.config = images, labels, config
+    self.torch = torch_interop.require_torch()
+    self.rng = np.random.default_rng(0)
+
+  def __len__(self) -> int:
+    return len(self.images)
+
+  def __getitem__(self, i: int):
+    aug, Image = self.config.augment, self.Image
+    image = Image.fromarray(self.images[i])
+    angle = np.deg2rad(self.rng.uniform(-aug.degrees, aug.degrees))
+    dx, dy = np.round(self.rng.uniform(-aug.translate, aug.translate, 2) * 28)
+    cos, sin, c = np.cos(angle), np.sin(angle), 13.5
+    # Output -> input pixel map (PIL's convention), about the centre.
+    matrix = (cos, -sin, c - cos * (c + dx) + sin * (c + dy),
+              sin, cos, c - sin * (c + dx) - cos * (c + dy))
+    resample = Image.BILINEAR if aug.interpolation == 'bilinear' else Image.NEAREST
+    image = image.transform((28, 28), Image.AFFINE, matrix, resample=resample)
+    x = self.torch.from_numpy(np.asarray(image, np.float32) / 255.0)[None]
+    return (x - self.config.mean) / self.config.std, int(self.labels[i])
+
+
+def peak_memory_mb(framework: str, model: str) -> float:
+  """How far a fresh process's peak resident memory rises above its size after
+  the imports while it trains `model` for 20 steps."""
+  out = subprocess.run(
+      [sys.executable, '-m', 'mnist_flax.bench', f'--memory_child={framework}',
+       f'--models={model}'], cwd=_ROOT, capture_output=True, text=True, timeout=300)
+  if out.returncode:
+    raise RuntimeError(out.stderr[-2000:])
+  return float(out.stdout.split()[-1])
+
+
+def _memory_child(framework: str, model: str) -> None:
+  config = load_config(model)
+  # Both hold the uint8 training set, as both pipelines do.
+  images = np.random.default_rng(0).integers(0, 256, (60000, 28, 28), np.uint8)
+  before = _memory_kb('VmRSS')
+  if framework == 'jax':
+    Ours(config, images, np.zeros(60000, np.int32)).train_rate(20)
+  else:
+    Torch(config).train_rate(20)
+  print((_memory_kb('VmHWM') - before) / 1024)
+
+
+def _memory_kb(field: str) -> int:
+  with open('/proc/self/status') as f:
+    return next(int(line.split()[1]) for line in f if line.startswith(field))
+
+
+def bench_model(model: str, ds: data.Dataset, repeats: int, steps: int,
+                workers: int, log=print) -> dict[str, Any]:
+  """Every measurement for one model; ours and PyTorch's alternate."""
+  config = load_config(model)
+  rows: dict[str, Any] = {'model': model, 'batch_size': config.batch_size}
+  ours = Ours(config, ds.train_images, ds.train_labels)
+  eager = Torch(config)
+  rows['first_step_s'] = {'jax': ours.first_step_s(), 'torch': eager.first_step_s()}
+  contenders = {'jax': ours, 'torch': eager}
+  try:
+    compiled = Torch(config, compiled=True)
+    rows['first_step_s']['torch.compile'] = compiled.first_step_s()
+    contenders['torch.compile'] = compiled
+  except Exception as e:  # pylint: disable=broad-except
+    rows['torch.compile'] = f'unavailable: {type(e).__name__}: {str(e)[:200]}'
+  for c in contenders.values():
+    c.train_rate(10)  # warm-up
+  rates: dict[str, list[float]] = {k: [] for k in contenders}
+  for _ in range(repeats):
+    for name, c in contenders.items():
+      rates[name].append(c.train_rate(steps))
+  rows['train_images_per_s'] = {k: statistics.median(v) for k, v in rates.items()}
+  log(f'  {model} train step: ' + ', '.join(
+      f'{k} {v:,.0f} img/s' for k, v in rows['train_images_per_s'].items()))
+
+  rows['epoch_s'] = {'jax': ours.epoch_s(),
+                     'torch_dataloader': eager.epoch_s(ds.train_images, ds.train_labels,
+                                                       workers)}
+  log(f'  {model} epoch: ' + ', '.join(f'{k} {v:.1f} s' for k, v in rows['epoch_s'].items()))
+  rows['eval_images_per_s'] = {
+      'jax': ours.eval_rate(ds.test_images, ds.test_labels, 2),
+      'torch': eager.eval_rate(ds.test_images, 2)}
+  rows['peak_memory_mb'] = {fw: peak_memory_mb(fw, model) for fw in ('jax', 'torch')}
+  return rows
+
+
+def format_table(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
+  """One row per measurement: ours, PyTorch's, and ours/PyTorch (speed-up)."""
+  lines = [f'machine: {info["cpu"]}, {info["cores"]} cores; JAX {info["jax"]} '
+           f'({info["jax_devices"]}), PyTorch {info["torch"]}',
+           f'{"model":<7} {"measure":<30} {"ours":>10} {"pytorch":>10} {"speed-up":>9}']
+
+  def row(model, what, ours, theirs, higher_better=True, fmt='{:,.0f}'):
+    ratio = ours / theirs if higher_better else theirs / ours
+    lines.append(f'{model:<7} {what:<30} {fmt.format(ours):>10} '
+                 f'{fmt.format(theirs):>10} {ratio:>8.2f}x')
+
+  for r in results:
+    m, t = r['model'], r['train_images_per_s']
+    row(m, f'train img/s, batch {r["batch_size"]} (eager)', t['jax'], t['torch'])
+    if 'torch.compile' in t:
+      row(m, 'train img/s vs torch.compile', t['jax'], t['torch.compile'])
+    e = r['epoch_s']
+    row(m, 'epoch s, augmented (DataLoader)', e['jax'], e['torch_dataloader'],
+        higher_better=False, fmt='{:.1f}')
+    v = r['eval_images_per_s']
+    row(m, 'eval img/s', v['jax'], v['torch'])
+    f = r['first_step_s']
+    row(m, 'first step s (compile)', f['jax'], f['torch'], higher_better=False,
+        fmt='{:.2f}')
+    if 'torch.compile' in f:
+      lines.append(f'{m:<7} {"first step s, torch.compile":<30} {"":>10} '
+                   f'{f["torch.compile"]:>10.2f}')
+    p = r['peak_memory_mb']
+    row(m, 'peak memory MB (RSS growth)', p['jax'], p['torch'], higher_better=False)
+  return '\n'.join(lines)
+
+
+def _define_flags() -> None:
+  flags.DEFINE_list('models', ['v36', 'model3'], 'Models to measure.')
+  flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
+  flags.DEFINE_string('data_dir', os.environ.get('MNIST_DIR', ''),
+                      'MNIST IDX folder ($MNIST_DIR); empty: TFDS.')
+  flags.DEFINE_integer('repeats', 5, 'Interleaved repetitions of the throughput runs.')
+  flags.DEFINE_integer('steps', 40, 'Train steps per throughput run.')
+  flags.DEFINE_integer('workers', 0, 'DataLoader worker processes.')
+  flags.DEFINE_integer('cpu_devices', 0, 'As mnist_flax.main --cpu_devices.')
+  flags.DEFINE_enum('memory_child', None, ['jax', 'torch'], 'Internal.')
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  parallel.use_cpu_devices(f.cpu_devices)
+  try:
+    if f.memory_child:
+      _memory_child(f.memory_child, f.models[0])
+      return
+    info = machine()
+    config = load_config(f.models[0])
+    config.data_dir = f.data_dir
+    ds = data.load_for(config)
+    results = []
+    for model in f.models:
+      results.append(bench_model(model, ds, f.repeats, f.steps, f.workers))
+  except UserError as e:
+    sys.exit(f'error: {e}')
+  print(format_table(results, info))
+  if f.json:
+    with open(f.json, 'w') as out:
+      json.dump({'machine': info, 'results': results}, out, indent=2)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)
