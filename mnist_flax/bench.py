@@ -298,6 +298,8 @@ def format_table(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
     row(m, f'train img/s, batch {r["batch_size"]} (eager)', t['jax'], t['torch'])
     if 'torch.compile' in t:
       row(m, 'train img/s vs torch.compile', t['jax'], t['torch.compile'])
+    else:
+      lines.append(f'{m:<7} torch.compile {r["torch.compile"]}')
     e = r['epoch_s']
     row(m, 'epoch s, augmented (DataLoader)', e['jax'], e['torch_dataloader'],
         higher_better=False, fmt='{:.1f}')
