@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from mnist_flax.errors import unknown
+from mnist_flax.errors import ConfigError, unknown
 
 
 def _cos_anneal(start: float, end: float, done: jnp.ndarray,
@@ -29,6 +29,11 @@ def _two_phase(total_steps: int, pct_start: float, start: float, mid: float,
   """PyTorch OneCycleLR's two-phase cosine curve: start -> mid -> end."""
   warm_end = float(pct_start * total_steps) - 1
   last = total_steps - 1
+  if warm_end in (0, last):
+    # A phase of length 0: PyTorch divides by zero, we would make NaN LRs.
+    raise ConfigError(
+        f'onecycle: pct_start * total steps = {pct_start} * {total_steps} leaves '
+        'a phase of zero steps; change schedule.pct_start or the number of steps')
 
   def schedule(count):
     step = jnp.asarray(count, jnp.float32)

@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from mnist_flax import optim
+from mnist_flax.errors import ConfigError
 from configs import model3, v36
 
 torch = pytest.importorskip('torch')
@@ -164,3 +165,9 @@ def test_unknown_optimizer_and_schedule():
   config.schedule.name = 'cosine'
   with pytest.raises(ValueError, match="unknown schedule 'cosine'"):
     optim.create_optimizer(config, 10)
+
+
+@pytest.mark.parametrize('pct_start,total', [(0.05, 20), (0.01, 100), (0.5, 2)])
+def test_onecycle_with_a_zero_step_phase_is_a_config_error(pct_start, total):
+  with pytest.raises(ConfigError, match=r'onecycle: pct_start \* total steps'):
+    optim.onecycle_lr(total, 0.05, pct_start)
