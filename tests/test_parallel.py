@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -141,3 +142,18 @@ def test_k_seeds_at_once_equal_k_single_runs(fake_mnist_dir, tmp_path, capsys):
 
 def _variables(workdir):
   return train.load_checkpoint(str(workdir))[2].state.variables
+
+
+def test_k_seeds_resume_from_the_last_epoch_every_seed_saved(fake_mnist_dir, tmp_path):
+  config = small_config(fake_mnist_dir, epochs=2, num_seeds=2)
+  full = train.train_seeds(config, str(tmp_path / 'full'))
+  workdir = tmp_path / 'cut'
+  train.train_seeds(config, str(workdir))
+  # A run killed after seed 0 saved epoch 2 and before seed 1 did.
+  for step in os.listdir(workdir / 'seed_1' / 'checkpoints'):
+    if step == str(full[0].history[-1]['step']):
+      shutil.rmtree(workdir / 'seed_1' / 'checkpoints' / step)
+  resumed = train.train_seeds(config, str(workdir))
+  strip = lambda h: [{k: v for k, v in r.items() if k != 'epoch_time_s'} for r in h]
+  for a, b in zip(resumed, full):
+    assert strip(a.history) == strip(b.history)
