@@ -8,6 +8,7 @@ mid-save leaves no half-written checkpoint behind that we would read.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -174,6 +175,11 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
     with open(path) as f:
       return ml_collections.ConfigDict(json.load(f))
   except FileNotFoundError:
+    seeds = sorted(glob.glob(os.path.join(workdir, 'seed_*', 'config.json')))
+    if seeds:
+      raise CheckpointError(
+          f'{workdir} holds a run of {len(seeds)} seeds: choose one with '
+          f'--workdir={os.path.dirname(seeds[0])} (or another seed_S)') from None
     raise CheckpointError(f'{path} not found: --workdir must be a directory that '
                           'mnist_flax.main trained in') from None
   except json.JSONDecodeError as e:

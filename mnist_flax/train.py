@@ -421,7 +421,7 @@ def train_seeds(config: ml_collections.ConfigDict,
     for run in runs:
       run.close()
   results = []
-  for k, run in enumerate(runs):
+  for run in runs:
     analysis = final_analysis(run.history, config.target_accuracy)
     if parallel.is_primary():
       print((f'seed {run.config.seed}\n' if stacked else '')

@@ -11,7 +11,7 @@ import jax
 import numpy as np
 import pytest
 
-from mnist_flax import parallel, train
+from mnist_flax import checkpoint, parallel, train
 from conftest import small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -138,6 +138,9 @@ def test_k_seeds_at_once_equal_k_single_runs(fake_mnist_dir, tmp_path, capsys):
     seed_dir = tmp_path / 'k' / f'seed_{6 + k}'
     _assert_close(_variables(seed_dir), single.state.variables, 1e-5)
   assert len({r.history[-1]['train_loss'] for r in results}) == 3
+  with pytest.raises(checkpoint.CheckpointError,
+                     match=r'holds a run of 3 seeds: choose one with --workdir=.*seed_6'):
+    train.load_checkpoint(str(tmp_path / 'k'))
 
 
 def _variables(workdir):
