@@ -46,10 +46,10 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = FLAGS.config
   parallel.use_cpu_devices(FLAGS.cpu_devices)
-  if FLAGS.distributed:
-    parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes,
-                                    FLAGS.process_id)
   try:
+    if FLAGS.distributed:
+      parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes,
+                                      FLAGS.process_id)
     network = architectures.get_network(config.model)
     params = architectures.param_count(network)
     verdict = 'PASS' if params < architectures.PARAM_LIMIT else 'FAIL'

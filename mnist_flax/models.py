@@ -60,8 +60,8 @@ class BatchNorm(nn.Module):
 def max_pool(x: jax.Array, window: int) -> jax.Array:
   """Non-overlapping max pooling, flooring odd sizes as PyTorch's MaxPool2d.
 
-  A reshape and max rather than `nn.max_pool`: XLA's CPU gradient of
-  reduce_window (select-and-scatter) made the whole V36 step 1.2x slower
+  A reshape and max rather than `nn.max_pool`: with XLA's CPU gradient of
+  reduce_window (select-and-scatter) the whole V36 step ran 1.2-1.7x slower
   (docs/performance.md).
   """
   n, h, w, c = x.shape

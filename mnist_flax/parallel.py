@@ -9,13 +9,15 @@ the all-reduces and the numbers do not depend on the device count.
 
 from __future__ import annotations
 
+import socket
+import time
 from typing import Any
 
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
-from mnist_flax.errors import ConfigError
+from mnist_flax.errors import ConfigError, UserError
 
 AXIS = 'data'
 
@@ -27,16 +29,46 @@ def use_cpu_devices(count: int) -> None:
 
 
 def initialize_distributed(coordinator: str, num_processes: int,
-                           process_id: int) -> None:
+                           process_id: int, timeout_s: int = 60) -> None:
   """Joins a multi-process run (one call per process, before any computation).
 
   Arguments left empty/negative are taken from the environment (Cloud TPU, SLURM,
   ...), as `jax.distributed.initialize` does. On CPU, collectives go over gloo.
+  A process that cannot reach the coordinator within `timeout_s` stops with a
+  one-line error; JAX itself would abort the process after minutes.
   """
+  if coordinator and process_id > 0:
+    wait_for_coordinator(coordinator, timeout_s)
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(coordinator or None,
-                             num_processes if num_processes > 0 else None,
-                             process_id if process_id >= 0 else None)
+  try:
+    jax.distributed.initialize(coordinator or None,
+                               num_processes if num_processes > 0 else None,
+                               process_id if process_id >= 0 else None,
+                               initialization_timeout=timeout_s)
+  except (RuntimeError, ValueError) as e:
+    raise UserError(
+        f'could not join the distributed run ({str(e).strip()[:300]}); give '
+        '--coordinator=HOST:PORT of process 0, --num_processes and --process_id, '
+        'or run where the cluster sets them') from None
+
+
+def wait_for_coordinator(address: str, timeout_s: float) -> None:
+  """Returns once HOST:PORT accepts connections; a UserError after timeout_s."""
+  host, _, port = address.rpartition(':')
+  if not host or not port.isdigit():
+    raise UserError(f'--coordinator={address!r} is not HOST:PORT')
+  deadline = time.monotonic() + timeout_s
+  while True:
+    try:
+      socket.create_connection((host, int(port)), timeout=2).close()
+      return
+    except OSError as e:
+      if time.monotonic() > deadline:
+        raise UserError(
+            f'no coordinator at {address} after {timeout_s:.0f} s ({e.strerror or e}); '
+            'start process 0 first, and check --coordinator (host:port of '
+            'process 0, reachable from here)') from None
+      time.sleep(0.5)
 
 
 def create_mesh() -> Mesh:

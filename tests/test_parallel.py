@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from mnist_flax import checkpoint, parallel, train
+from mnist_flax.errors import UserError
 from conftest import small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,3 +161,13 @@ def test_k_seeds_resume_from_the_last_epoch_every_seed_saved(fake_mnist_dir, tmp
   strip = lambda h: [{k: v for k, v in r.items() if k != 'epoch_time_s'} for r in h]
   for a, b in zip(resumed, full):
     assert strip(a.history) == strip(b.history)
+
+
+def test_unreachable_coordinator_is_a_one_line_error_in_seconds():
+  with socket.socket() as s:  # a port nobody listens on
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  with pytest.raises(UserError, match=rf'no coordinator at localhost:{port} after 1 s'):
+    parallel.wait_for_coordinator(f'localhost:{port}', 1)
+  with pytest.raises(UserError, match='is not HOST:PORT'):
+    parallel.wait_for_coordinator('localhost', 1)
