@@ -247,7 +247,8 @@ def _memory_kb(field: str) -> int:
 
 
 def bench_model(model: str, ds: data.Dataset, repeats: int, steps: int,
-                workers: int, log=print) -> dict[str, Any]:
+                workers: int, torch_compile: bool = True,
+                log=print) -> dict[str, Any]:
   """Every measurement for one model; ours and PyTorch's alternate."""
   config = load_config(model)
   rows: dict[str, Any] = {'model': model, 'batch_size': config.batch_size}
@@ -255,10 +256,12 @@ def bench_model(model: str, ds: data.Dataset, repeats: int, steps: int,
   eager = Torch(config)
   rows['first_step_s'] = {'jax': ours.first_step_s(), 'torch': eager.first_step_s()}
   contenders = {'jax': ours, 'torch': eager}
+  rows['torch.compile'] = 'not run (--notorch_compile)'
   try:
-    compiled = Torch(config, compiled=True)
-    rows['first_step_s']['torch.compile'] = compiled.first_step_s()
-    contenders['torch.compile'] = compiled
+    if torch_compile:
+      compiled = Torch(config, compiled=True)
+      rows['first_step_s']['torch.compile'] = compiled.first_step_s()
+      contenders['torch.compile'] = compiled
   except Exception as e:  # pylint: disable=broad-except
     rows['torch.compile'] = f'unavailable: {type(e).__name__}: {str(e)[:200]}'
   for c in contenders.values():
@@ -324,6 +327,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer('repeats', 5, 'Interleaved repetitions of the throughput runs.')
   flags.DEFINE_integer('steps', 40, 'Train steps per throughput run.')
   flags.DEFINE_integer('workers', 0, 'DataLoader worker processes.')
+  flags.DEFINE_bool('torch_compile', True, 'Also measure torch.compile.')
   flags.DEFINE_integer('cpu_devices', 0, 'As mnist_flax.main --cpu_devices.')
   flags.DEFINE_enum('memory_child', None, ['jax', 'torch'], 'Internal.')
 
@@ -342,7 +346,8 @@ def main(argv):
     ds = data.load_for(config)
     results = []
     for model in f.models:
-      results.append(bench_model(model, ds, f.repeats, f.steps, f.workers))
+      results.append(bench_model(model, ds, f.repeats, f.steps, f.workers,
+                                 f.torch_compile))
   except UserError as e:
     sys.exit(f'error: {e}')
   print(format_table(results, info))
