@@ -26,8 +26,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_batch_size = 1000
   c.num_epochs = 15
   c.seed = 0
-  c.num_seeds = 1           # K > 1: seeds seed..seed+K-1 at once (jax.vmap),
-                            # each in WORKDIR/seed_S
+  c.num_seeds = 1           # K > 1: seeds seed..seed+K-1 at once, each in
+                            # WORKDIR/seed_S
+  c.seed_parallelism = 'auto'  # K seeds as one 'vmap' or an 'unroll'ed program;
+                               # 'auto': unroll on CPU (faster there), else vmap
   c.steps_per_dispatch = 1  # train steps per jitted call (lax.scan), for
                             # accelerators where dispatch dominates
 

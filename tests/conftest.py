@@ -3,9 +3,16 @@ small learnable fake datasets in the same IDX format."""
 
 import gzip
 import os
+import tempfile
 
 import numpy as np
 import pytest
+
+# One XLA compilation cache for the whole session and the CLI processes its
+# tests start: they compile the same few programs over and over, at 1-3 s each.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      tempfile.mkdtemp(prefix='mnist_flax_jax_cache_'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 
 
 @pytest.fixture(scope='session')

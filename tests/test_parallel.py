@@ -21,12 +21,15 @@ BATCH = 64
 
 
 def _launch(workdir, data_dir, *flags):
-  """`mnist_flax.main`: one epoch of STEPS batches of the V36 recipe, augmented."""
+  """`mnist_flax.main`: one epoch of STEPS batches of the V36 recipe, augmented,
+  at a constant rate: under OneCycle's peak the float32 rounding differences of
+  another summation order grow past 1e-5 within 50 steps (4e-5 seen)."""
   return subprocess.Popen(
       [sys.executable, '-m', 'mnist_flax.main', '--config=configs/v36.py',
        f'--workdir={workdir}', f'--config.data_dir={data_dir}',
        '--config.verify_checksums=False', f'--config.batch_size={BATCH}',
        f'--config.train_examples={STEPS * BATCH}', '--config.num_epochs=1',
+       '--config.schedule.name=constant', '--config.optimizer.learning_rate=0.01',
        '--config.progress_bar=False', *flags],
       cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
@@ -53,8 +56,11 @@ def _history(workdir):
 
 
 def _assert_close(a, b, tol):
-  diffs = jax.tree.leaves(jax.tree.map(lambda x, y: float(np.max(np.abs(x - y))), a, b))
-  assert max(diffs) <= tol, max(diffs)
+  """Every value within tol, relative to its size where that exceeds 1 (the
+  running variances reach 5)."""
+  excess = lambda x, y: float(np.max(np.abs(x - y) / np.maximum(1, np.abs(y))))
+  worst = max(jax.tree.leaves(jax.tree.map(excess, a, b)))
+  assert worst <= tol, worst
 
 
 @pytest.fixture(scope='module')
@@ -115,7 +121,8 @@ def test_padded_eval_batches():
   np.testing.assert_array_equal(batches[2][0][2], 0)
 
 
-def test_k_seeds_at_once_equal_k_single_runs(fake_mnist_dir, tmp_path, capsys):
+@pytest.mark.parametrize('how', ['vmap', 'unroll'])
+def test_k_seeds_at_once_equal_k_single_runs(fake_mnist_dir, tmp_path, capsys, how):
   # Vmapped convolutions round differently (6e-8 after one step). Under the V36
   # schedule on this fake data the gap grows ~10x per step (1e-3 after 8), as
   # any float32 difference would, so: a constant rate, 2 epochs of 4 steps.
@@ -126,7 +133,8 @@ def test_k_seeds_at_once_equal_k_single_runs(fake_mnist_dir, tmp_path, capsys):
     c = small_config(fake_mnist_dir, epochs=2, **overrides)
     c.schedule.name, c.optimizer.learning_rate = 'constant', 0.01
     return c
-  results = train.train_seeds(make(num_seeds=3, seed=6), str(tmp_path / 'k'))
+  results = train.train_seeds(make(num_seeds=3, seed=6, seed_parallelism=how),
+                              str(tmp_path / 'k'))
   out = capsys.readouterr().out
   assert 'Epoch  2/2 seed 8:' in out and '(std ' in out
   for k, result in enumerate(results):
