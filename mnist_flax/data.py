@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mnist_flax.errors import DataError, unknown
+from mnist_flax.errors import ConfigError, DataError, unknown
 
 FILES = {
     'train_images': 'train-images-idx3-ubyte',
@@ -233,13 +233,26 @@ def load_tfds(dataset: str = 'mnist', tfds_data_dir: str | None = None) -> Datas
 
 
 def load(dataset: str, data_dir: str = '', tfds_data_dir: str = '',
-         verify: bool = True, train_examples: int = 0) -> Dataset:
-  """IDX files from `data_dir` when given, else TFDS; optionally only the first
-  `train_examples` training images."""
+         verify: bool = True, train_examples: int = 0,
+         validation_examples: int = 0) -> Dataset:
+  """IDX files from `data_dir` when given, else TFDS.
+
+  `validation_examples` > 0: the last N training images replace the test set
+  (for choosing models without looking at it); `train_examples` > 0: only the
+  first N of the remaining training images.
+  """
   if data_dir:
     ds = load_idx_dir(os.path.expanduser(data_dir), dataset, verify)
   else:
     ds = load_tfds(dataset, tfds_data_dir or None)
+  if validation_examples:
+    if not 0 < validation_examples < len(ds.train_images):
+      raise ConfigError(f'validation_examples={validation_examples} must be '
+                        f'between 1 and {len(ds.train_images) - 1}, the '
+                        'training images less one')
+    n = len(ds.train_images) - validation_examples
+    ds = Dataset(ds.train_images[:n], ds.train_labels[:n],
+                 ds.train_images[n:], ds.train_labels[n:])
   if train_examples:
     ds = ds._replace(train_images=ds.train_images[:train_examples],
                      train_labels=ds.train_labels[:train_examples])
@@ -249,4 +262,5 @@ def load(dataset: str, data_dir: str = '', tfds_data_dir: str = '',
 def load_for(config: Any) -> Dataset:
   """The dataset a training config names (see `config.py`)."""
   return load(config.dataset, config.data_dir, config.tfds_data_dir,
-              config.verify_checksums, config.train_examples)
+              config.verify_checksums, config.train_examples,
+              config.validation_examples)

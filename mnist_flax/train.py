@@ -263,11 +263,16 @@ def final_analysis(history: list[dict[str, Any]], target: float) -> dict[str, An
           'target': target, 'success': average >= target}
 
 
-def format_analysis(result: dict[str, Any]) -> str:
+def eval_split(config: ml_collections.ConfigDict) -> str:
+  """What the per-epoch evaluation measures: 'validation' or 'test'."""
+  return 'validation' if config.validation_examples else 'test'
+
+
+def format_analysis(result: dict[str, Any], split: str = 'test') -> str:
   status = 'SUCCESS' if result['success'] else 'FAIL'
   return '\n'.join([
       '=' * 50, 'FINAL 3 EPOCHS ANALYSIS',
-      f'Test accuracies: {[round(a, 2) for a in result["final3"]]}',
+      f'{split.capitalize()} accuracies: {[round(a, 2) for a in result["final3"]]}',
       f'Average accuracy: {result["final3_average"]:.3f}%',
       f'Best accuracy: {result["best_accuracy"]:.2f}% (epoch {result["best_epoch"]})',
       f'STATUS: {status} (target: average >= {result["target"]:.2f}%)',
@@ -466,7 +471,7 @@ def train_seeds(config: ml_collections.ConfigDict,
     analysis = final_analysis(run.history, config.target_accuracy)
     if parallel.is_primary():
       print((f'seed {run.config.seed}\n' if stacked else '')
-            + format_analysis(analysis), flush=True)
+            + format_analysis(analysis, eval_split(config)), flush=True)
     results.append(TrainResult(run.last_state, run.history, analysis))
   if stacked and parallel.is_primary():
     print(format_seeds([r.analysis for r in results],
@@ -497,6 +502,7 @@ def _train_epochs(config: ml_collections.ConfigDict, runs: list[_Run],
   zeros = jax.jit(zeros, out_shardings=replicated)
   plan = dispatch_plan(batches, config.batch_size, config.steps_per_dispatch)
   lockstep = needs_lockstep(mesh)
+  split = eval_split(config)
   for epoch in range(len(runs[0].history) + 1, config.num_epochs + 1):
     start_time = time.time()
     perm = permute(state.rng, epoch)
@@ -539,7 +545,7 @@ def _train_epochs(config: ml_collections.ConfigDict, runs: list[_Run],
         print(f'Epoch {epoch:2d}/{config.num_epochs}'
               f'{f" seed {run.config.seed}" if stacked else ""}: '
               f'train loss {record["train_loss"]:.4f} acc {record["train_accuracy"]:.2f}% | '
-              f'test loss {record["test_loss"]:.4f} acc {record["test_accuracy"]:.2f}% | '
+              f'{split} loss {record["test_loss"]:.4f} acc {record["test_accuracy"]:.2f}% | '
               f'lr {record["learning_rate"]:.6f} | {record["epoch_time_s"]:.1f}s',
               flush=True)
 

@@ -41,6 +41,17 @@ def test_loads_raw_and_gzip_files(fake_dir):
   assert ds.train_images.dtype == np.uint8 and ds.train_labels.dtype == np.int32
 
 
+def test_validation_split_holds_out_the_last_training_images(fake_dir):
+  path, arrays = fake_dir
+  ds = data.load('mnist', str(path), verify=False, train_examples=30,
+                 validation_examples=15)
+  np.testing.assert_array_equal(ds.train_images, arrays['train_images'][:30])
+  np.testing.assert_array_equal(ds.test_images, arrays['train_images'][35:])
+  np.testing.assert_array_equal(ds.test_labels, arrays['train_labels'][35:])
+  with pytest.raises(ConfigError, match='validation_examples=50 must be between 1 and 49'):
+    data.load('mnist', str(path), verify=False, validation_examples=50)
+
+
 def test_torchvision_layout(fake_dir, tmp_path_factory):
   path, arrays = fake_dir
   root = tmp_path_factory.mktemp('root')
