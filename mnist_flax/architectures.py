@@ -8,6 +8,7 @@ these tuples, so a network is described in exactly one place.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Iterator, Union
 
 from mnist_flax.errors import unknown
@@ -58,11 +59,15 @@ def block(index: int | str, features: int, kernel: int = 3, padding: int = 0,
           BatchNorm(f'bn{index}'), ReLU())
 
 
-def _v36(bias: bool) -> Network:
+V36_CHANNELS = (8, 10, 12, 16, 16)
+
+
+def _v36(bias: bool, channels: tuple[int, ...] = V36_CHANNELS) -> Network:
   # First seed, OptimizedNetV36: conv_final (1x1) comes before GAP.
-  return (*block(1, 8, bias=bias), *block(2, 10, bias=bias), MaxPool(),
-          *block(3, 12, bias=bias), MaxPool(),
-          *block(4, 16, bias=bias), *block(5, 16, bias=bias),
+  c1, c2, c3, c4, c5 = channels
+  return (*block(1, c1, bias=bias), *block(2, c2, bias=bias), MaxPool(),
+          *block(3, c3, bias=bias), MaxPool(),
+          *block(4, c4, bias=bias), *block(5, c5, bias=bias),
           Conv('conv_final', 10, kernel=1, bias=True), GlobalAvgPool())
 
 
@@ -99,11 +104,14 @@ NETWORKS: dict[str, Network] = {
 
 
 def get_network(name: str) -> Network:
-  """Returns the named network or raises ValueError listing the known names."""
-  try:
+  """The named network, or V36's layout with other widths for a name such as
+  'v36:8-12-14-18-16' (conv1..conv5's channels); a ConfigError otherwise."""
+  if name in NETWORKS:
     return NETWORKS[name]
-  except KeyError:
-    raise unknown('model', name, NETWORKS) from None
+  family, _, widths = name.partition(':')
+  if family == 'v36' and re.fullmatch(r'[1-9]\d*(-[1-9]\d*){4}', widths):
+    return _v36(bias=True, channels=tuple(int(w) for w in widths.split('-')))
+  raise unknown('model', name, [*NETWORKS, 'v36:C1-C2-C3-C4-C5'])
 
 
 @dataclasses.dataclass(frozen=True)

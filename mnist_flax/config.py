@@ -6,7 +6,7 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   """The full set of keys; a key not defined here is an error on the CLI."""
   c = ml_collections.ConfigDict()
-  c.model = 'v36'           # a name in architectures.NETWORKS
+  c.model = 'v36'           # a name in architectures.NETWORKS, or 'v36:C1-C2-C3-C4-C5'
   c.init = 'torch'          # 'torch': PyTorch's default init; 'flax': Flax's
 
   c.dataset = 'mnist'       # 'mnist', 'fashion_mnist' or 'kmnist'

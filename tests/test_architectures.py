@@ -30,6 +30,19 @@ def test_output_shape_and_log_probabilities(name):
   assert arch.output_shape(arch.get_network(name)) == (1, 1, 10)
 
 
+def test_v36_family_by_widths():
+  assert arch.get_network('v36:8-10-12-16-16') == arch.get_network('v36')
+  network = arch.get_network('v36:8-12-14-18-16')
+  # 3x3 kernels, then a bias and BN's scale and bias per channel, then conv_final:
+  assert arch.param_count(network) == (
+      9 * (1 * 8 + 8 * 12 + 12 * 14 + 14 * 18 + 18 * 16)
+      + 3 * (8 + 12 + 14 + 18 + 16) + 16 * 10 + 10) == 7682
+  assert arch.output_shape(network) == (1, 1, 10)
+  for bad in ('v36:8-10-12-16', 'v36:8-10-12-16-0', 'v37:8-10-12-16-16'):
+    with pytest.raises(ConfigError, match=f"unknown model '{bad}'.*v36:C1-C2-C3-C4-C5"):
+      arch.get_network(bad)
+
+
 def test_model3_layer_shapes_follow_the_seed_table():
   # torchsummary rows of the second seed, (C, H, W) after each conv.
   want = [(10, 28, 28), (10, 28, 28), (10, 28, 28), (16, 12, 12), (16, 10, 10),
