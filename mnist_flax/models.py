@@ -18,7 +18,8 @@ Initializer = Callable[..., jax.Array]
 def flat_draw(init: Initializer) -> Initializer:
   """`init` drawn as a (fan_in, features) matrix and reshaped: the same values
   (threefry numbers follow the flat index), but XLA CPU compiles a 4-D draw in
-  about 15 s on some machines and a 2-D one in about 1 s (docs/performance.md)."""
+  about 15 s on some machines, a 2-D one in about 1 s and a 1-D one in 0.2 s
+  (docs/performance.md). Flax's init needs 2-D for its fan-in."""
 
   def draw(key, shape, dtype=jnp.float32):
     return init(key, (math.prod(shape[:-1]), shape[-1]), dtype).reshape(shape)
@@ -31,7 +32,7 @@ def torch_conv_init(fan_in: int) -> tuple[Initializer, Initializer]:
   U(-1/sqrt(fan_in), 1/sqrt(fan_in)) bias; both bounds equal 1/sqrt(fan_in)."""
   bound = 1.0 / math.sqrt(fan_in)
 
-  def uniform(key, shape, dtype=jnp.float32):
+  def uniform(key, shape, dtype=jnp.float32):  # drawn flat, as in flat_draw
     return jax.random.uniform(key, (math.prod(shape),), dtype, -bound, bound
                               ).reshape(shape)
 
@@ -96,8 +97,8 @@ class Net(nn.Module):
           fan_in = layer.kernel * layer.kernel * x.shape[-1]
           kernel_init, bias_init = torch_conv_init(fan_in)
         else:
-          kernel_init, bias_init = nn.linear.default_kernel_init, nn.initializers.zeros
-        kernel_init = flat_draw(kernel_init)
+          kernel_init = flat_draw(nn.linear.default_kernel_init)
+          bias_init = nn.initializers.zeros
         pad = layer.padding
         x = nn.Conv(layer.features, (layer.kernel, layer.kernel),
                     padding=((pad, pad), (pad, pad)), use_bias=layer.bias,

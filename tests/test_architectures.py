@@ -1,3 +1,4 @@
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -95,6 +96,18 @@ def test_flax_init_option():
   assert not np.asarray(variables['params']['conv5']['bias']).any()
   with pytest.raises(ConfigError, match='unknown init'):
     models.create_model('v36', 'xavier')
+
+
+def test_flat_draws_equal_direct_draws():
+  # Drawn flat for compile time; the values must be the initialisers' own.
+  key, shape = jax.random.key(3), (2, 2, 2, 3)
+  flax_init = nn.linear.default_kernel_init
+  np.testing.assert_array_equal(models.flat_draw(flax_init)(key, shape),
+                                flax_init(key, shape))
+  torch_init, _ = models.torch_conv_init(fan_in=8)
+  np.testing.assert_array_equal(torch_init(key, shape),
+                                jax.random.uniform(key, shape, minval=-8**-.5,
+                                                   maxval=8**-.5))
 
 
 def test_batchnorm_matches_torch():
