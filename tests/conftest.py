@@ -3,6 +3,7 @@ small learnable fake datasets in the same IDX format."""
 
 import gzip
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -10,9 +11,17 @@ import pytest
 
 # One XLA compilation cache for the whole session and the CLI processes its
 # tests start: they compile the same few programs over and over, at 1-3 s each.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
-                      tempfile.mkdtemp(prefix='mnist_flax_jax_cache_'))
+_OWN_CACHE_DIR = None
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  _OWN_CACHE_DIR = tempfile.mkdtemp(prefix='mnist_flax_jax_cache_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = _OWN_CACHE_DIR
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  if _OWN_CACHE_DIR:
+    shutil.rmtree(_OWN_CACHE_DIR, ignore_errors=True)
 
 
 @pytest.fixture(scope='session')
