@@ -21,6 +21,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from mnist_flax.config import base_config
 from mnist_flax.errors import UserError
 
 # Keys that may change between a run and its resumption: they do not change
@@ -170,11 +171,12 @@ def define_flags() -> None:
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a workdir was trained with (WORKDIR/config.json)."""
+  """The config a workdir was trained with (WORKDIR/config.json), on top of
+  today's defaults, so that keys added since the run was saved have values."""
   path = os.path.join(workdir, 'config.json')
   try:
     with open(path) as f:
-      return ml_collections.ConfigDict(json.load(f))
+      saved = json.load(f)
   except FileNotFoundError:
     seeds = sorted(glob.glob(os.path.join(workdir, 'seed_*', 'config.json')))
     if seeds:
@@ -186,3 +188,6 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   except json.JSONDecodeError as e:
     raise CheckpointError(f'{path} is not valid JSON ({e}); it is not a config '
                           'saved by mnist_flax.main') from None
+  config = base_config()
+  config.update(saved)
+  return config

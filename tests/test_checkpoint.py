@@ -123,6 +123,18 @@ def test_resume_with_another_config_is_refused(fake_mnist_dir, tmp_path):
   assert len(train.train_and_evaluate(config, workdir).history) == 1
 
 
+def test_config_saved_before_a_key_existed_loads_with_its_default(tmp_path):
+  saved = small_config('DIR').to_dict()
+  del saved['validation_examples']
+  saved['augment'].pop('interpolation')
+  saved['seed'] = 7
+  (tmp_path / 'config.json').write_text(json.dumps(saved))
+  config = checkpoint.load_config(str(tmp_path))
+  assert config.seed == 7 and config.data_dir == 'DIR'
+  assert config.validation_examples == 0
+  assert config.augment.interpolation == 'nearest'
+
+
 def test_nan_loss_stops_and_saves_nothing(fake_mnist_dir, tmp_path):
   config = _config(fake_mnist_dir, epochs=2)
   config.schedule.name = 'constant'
