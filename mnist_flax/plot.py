@@ -2,10 +2,12 @@
 
 python -m mnist_flax.plot --workdir=DIR [--workdir=DIR2 ...] --out=curves.png
 python -m mnist_flax.plot --workdir=DIR --kind=confusion --out=confusion.png
+python -m mnist_flax.plot --workdir=DIR [--workdir=DIR2 ...] --kind=frontier --out=frontier.png
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import sys
@@ -18,8 +20,12 @@ matplotlib.use('Agg')  # files only; no display needed
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from mnist_flax import evaluate
+from mnist_flax import architectures, checkpoint, evaluate, train
 from mnist_flax.errors import UserError
+
+# What the seed documents report (final-3 average), drawn beside our runs.
+SEEDS_REPORTED = {'v36': 99.420, 'model1': 99.180, 'model2': 99.277,
+                  'model3': 99.483}
 
 
 def read_history(workdir: str) -> list[dict]:
@@ -86,10 +92,75 @@ def plot_confusion(workdir: str, out: str, which: str = 'latest',
   plt.close(fig)
 
 
+def seed_dirs(workdirs: list[str]) -> list[str]:
+  """The runs in `workdirs`: a K-seed workdir stands for its seed_S runs."""
+  runs = []
+  for workdir in workdirs:
+    seeds = sorted(glob.glob(os.path.join(workdir, 'seed_*', 'metrics.jsonl')))
+    runs += [os.path.dirname(p) for p in seeds] or [workdir]
+  return runs
+
+
+def frontier(workdirs: list[str]) -> list[dict]:
+  """Runs grouped by network and evaluation split, fewest parameters first:
+  each group's parameter count and the mean and std of its final-3 averages."""
+  groups: dict[tuple[str, str], list[float]] = {}
+  for run in seed_dirs(workdirs):
+    config = checkpoint.load_config(run)
+    final3 = train.final_analysis(read_history(run), config.target_accuracy)
+    key = (config.model, train.eval_split(config))
+    groups.setdefault(key, []).append(final3['final3_average'])
+  rows = [{'model': model, 'split': split,
+           'params': architectures.param_count(architectures.get_network(model)),
+           'seeds': len(values), 'mean': float(np.mean(values)),
+           'std': float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
+          for (model, split), values in groups.items()]
+  return sorted(rows, key=lambda r: (r['params'], r['split']))
+
+
+def format_frontier(rows: list[dict]) -> str:
+  """The frontier as a Markdown table."""
+  lines = ['| network | params | split | seeds | final-3 average, mean | std |',
+           '| --- | ---: | --- | ---: | ---: | ---: |']
+  lines += [f"| `{r['model']}` | {r['params']:,} | {r['split']} | {r['seeds']} | "
+            f"{r['mean']:.3f}% | {r['std']:.3f} |" for r in rows]
+  return '\n'.join(lines)
+
+
+def plot_frontier(rows: list[dict], out: str, target: float = 99.4) -> None:
+  """Parameters against mean final-3 accuracy (std bars), with the seeds' own
+  reported figures on the same axes."""
+  fig, ax = plt.subplots(figsize=(8, 5))
+  for split, marker in (('test', 'o'), ('validation', 's')):
+    group = [r for r in rows if r['split'] == split]
+    if group:
+      ax.errorbar([r['params'] for r in group], [r['mean'] for r in group],
+                  yerr=[r['std'] for r in group], fmt=marker, capsize=4,
+                  label=f'mnist_flax, {split} (mean ± std over seeds)')
+      for r in group:
+        ax.annotate(f"{r['model']} ({r['seeds']})", (r['params'], r['mean']),
+                    textcoords='offset points', xytext=(6, -10), fontsize=7)
+  ax.scatter([architectures.param_count(architectures.get_network(m))
+              for m in SEEDS_REPORTED], list(SEEDS_REPORTED.values()),
+             marker='x', color='gray', label="the seeds' reported runs (one each)")
+  ax.axhline(target, color='black', linestyle='--', linewidth=1, label=f'{target:.2f}%')
+  ax.axvline(architectures.PARAM_LIMIT, color='red', linewidth=1, alpha=0.5)
+  ax.set_xlim(0, architectures.PARAM_LIMIT * 1.05)
+  ax.set_xlabel('trainable parameters')
+  ax.set_ylabel('final-3-epoch average accuracy (%)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8, loc='lower right')
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+  plt.close(fig)
+
+
 def _define_flags() -> None:
   flags.DEFINE_multi_string('workdir', None, 'Run directories (repeat for several).')
   flags.DEFINE_string('out', None, 'The PNG file to write.')
-  flags.DEFINE_enum('kind', 'curves', ['curves', 'confusion'], 'What to plot.')
+  flags.DEFINE_enum('kind', 'curves', ['curves', 'confusion', 'frontier'],
+                    'What to plot: test accuracy per epoch, the confusion matrix '
+                    'and misclassified digits, or params against accuracy.')
   flags.DEFINE_string('checkpoint', 'latest', "For confusion: 'latest', 'best' or a step.")
   flags.mark_flags_as_required(['workdir', 'out'])
 
@@ -100,8 +171,12 @@ def main(argv):
   try:
     if f.kind == 'curves':
       plot_curves(f.workdir, f.out)
-    else:
+    elif f.kind == 'confusion':
       plot_confusion(f.workdir[0], f.out, f.checkpoint)
+    else:
+      rows = frontier(f.workdir)
+      plot_frontier(rows, f.out)
+      print(format_frontier(rows))
   except UserError as e:
     sys.exit(f'error: {e}')
   print(f.out)

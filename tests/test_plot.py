@@ -1,3 +1,6 @@
+import shutil
+
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -32,3 +35,25 @@ def test_curves_and_confusion_pngs(two_runs, tmp_path):
 def test_missing_run_is_a_clear_error(tmp_path):
   with pytest.raises(UserError, match='metrics.jsonl not found'):
     plot.plot_curves([str(tmp_path)], str(tmp_path / 'x.png'))
+
+
+def test_frontier_groups_seeds_by_network(two_runs, tmp_path):
+  rows = plot.frontier(two_runs)
+  final3 = [np.mean([h['test_accuracy'] for h in plot.read_history(w)[-3:]])
+            for w in two_runs]
+  assert len(rows) == 1
+  row = rows[0]
+  assert (row['model'], row['params'], row['split'], row['seeds']) == ('v36', 6260, 'test', 2)
+  assert row['mean'] == pytest.approx(np.mean(final3))
+  assert row['std'] == pytest.approx(np.std(final3, ddof=1))
+  assert '| `v36` | 6,260 | test | 2 |' in plot.format_frontier(rows)
+  out = tmp_path / 'frontier.png'
+  plot.plot_frontier(rows, str(out))
+  with Image.open(out) as img:
+    assert img.format == 'PNG'
+
+
+def test_frontier_reads_a_k_seed_workdir_as_its_seeds(two_runs, tmp_path):
+  for seed, run in enumerate(two_runs):
+    shutil.copytree(run, tmp_path / 'k' / f'seed_{seed}')
+  assert plot.frontier([str(tmp_path / 'k')]) == plot.frontier(two_runs)
