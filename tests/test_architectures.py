@@ -1,3 +1,7 @@
+import glob
+import os
+import runpy
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -8,6 +12,7 @@ from mnist_flax import architectures as arch
 from mnist_flax import models, summary, train
 from mnist_flax.errors import ConfigError
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_COUNTS = {'v36': 6260, 'v36_nobias': 6198, 'model1': 7224,
                'model2': 7838, 'model3': 7918}
 
@@ -128,3 +133,10 @@ def test_batchnorm_matches_torch():
                     jnp.asarray(x), train=False)
   ty_eval = tbn(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
   np.testing.assert_allclose(y_eval, ty_eval.detach().numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize('path', sorted(glob.glob(os.path.join(ROOT, 'configs', '*.py'))))
+def test_every_config_loads_by_path_and_stays_under_its_budget(path):
+  config = runpy.run_path(path)['get_config']()
+  budget = {'tiny.py': 4_000}.get(os.path.basename(path), arch.PARAM_LIMIT)
+  assert arch.param_count(arch.get_network(config.model)) < budget
