@@ -139,7 +139,7 @@ def plot_frontier(rows: list[dict], out: str, target: float = 99.4) -> None:
                   label=f'mnist_flax, {split} (mean ± std over seeds)')
       for r in group:
         ax.annotate(f"{r['model']} ({r['seeds']})", (r['params'], r['mean']),
-                    textcoords='offset points', xytext=(6, -10), fontsize=7)
+                    textcoords='offset points', xytext=(-10, -14), fontsize=7, ha='right')
   ax.scatter([architectures.param_count(architectures.get_network(m))
               for m in SEEDS_REPORTED], list(SEEDS_REPORTED.values()),
              marker='x', color='gray', label="the seeds' reported runs (one each)")
@@ -149,7 +149,7 @@ def plot_frontier(rows: list[dict], out: str, target: float = 99.4) -> None:
   ax.set_xlabel('trainable parameters')
   ax.set_ylabel('final-3-epoch average accuracy (%)')
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, loc='lower right')
+  ax.legend(fontsize=8, loc='upper left')
   fig.tight_layout()
   fig.savefig(out, dpi=120)
   plt.close(fig)
