@@ -63,6 +63,22 @@ def test_onecycle_matches_torch_every_step():
   np.testing.assert_allclose(lr_cfg, want_lr, rtol=1e-6)
 
 
+# The LR the first seed's log prints after each of epochs 1-14 (6 decimals).
+_SEED_LOG_LR = [0.049961, 0.049054, 0.046984, 0.043851, 0.039807, 0.035047, 0.029801,
+                0.024325, 0.018883, 0.013737, 0.009139, 0.005309, 0.002434, 0.000652]
+
+
+@pytest.mark.parametrize('batch_size,matches', [(128, True), (64, False), (256, False)])
+def test_seed_log_pins_v36_batch_size(batch_size, matches):
+  """Only 469 steps an epoch (batch 128) reproduces every LR the seed logged."""
+  sch = v36.get_config().schedule
+  steps = -(-60000 // batch_size)
+  lr = optim.onecycle_lr(15 * steps, sch.max_lr, sch.pct_start, sch.div_factor,
+                         sch.final_div_factor)
+  got = [round(float(lr(e * steps)), 6) for e in range(1, 15)]
+  assert (got == _SEED_LOG_LR) == matches, got
+
+
 @pytest.mark.parametrize('pct_start,div,final_div', [(0.3, 25.0, 1e4), (0.2, 10.0, 100.0)])
 def test_onecycle_matches_torch_other_shapes(pct_start, div, final_div):
   config = v36.get_config()
