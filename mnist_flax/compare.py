@@ -75,14 +75,18 @@ def _torch_augment(torch, x, config, generator):
                                          padding_mode='zeros', align_corners=False)
 
 
-def _torch_step(torch, net, optimizer, scheduler, x, y):
-  """One PyTorch training step, as the seeds' loops do it; returns the loss."""
-  loss = torch.nn.functional.nll_loss(net(x), y)
+def _torch_step(torch, net, optimizer, scheduler, x, y, label_smoothing):
+  """One PyTorch training step, as the seeds' loops do it; returns the plain
+  cross-entropy, as ours reports it, whatever the label smoothing."""
+  log_probs = net(x)
+  # The nets end in log_softmax, which cross_entropy's own log_softmax leaves
+  # unchanged: this is nll_loss, with label smoothing when asked.
+  loss = torch.nn.functional.cross_entropy(log_probs, y, label_smoothing=label_smoothing)
   optimizer.zero_grad()
   loss.backward()
   optimizer.step()
   scheduler.step()
-  return loss
+  return torch.nn.functional.nll_loss(log_probs.detach(), y)
 
 
 def torch_inputs(torch, images_u8: np.ndarray):
@@ -112,7 +116,7 @@ def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
       idx = perm[start:start + size].to(device)
       x = _torch_augment(torch, images[idx], config, generator)
       _torch_step(torch, net, optimizer, scheduler, (x - config.mean) / config.std,
-                  labels[idx])
+                  labels[idx], config.label_smoothing)
     net.eval()
     with torch.no_grad():
       out = torch.cat([net(test_x[i:i + config.eval_batch_size])
@@ -170,7 +174,8 @@ def identical_start(config: ml_collections.ConfigDict, ds: data.Dataset,
     idx = perm[start:start + size]
     x = (torch_inputs(torch, ds.train_images[idx]) - config.mean) / config.std
     loss = _torch_step(torch, net, optimizer, scheduler, x.to(net.conv1.weight.dtype),
-                       torch.from_numpy(ds.train_labels[idx]).long())
+                       torch.from_numpy(ds.train_labels[idx]).long(),
+                       config.label_smoothing)
     torch_losses.append(loss.item())
   return np.array(jax_losses), np.array(torch_losses)
 

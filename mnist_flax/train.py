@@ -86,6 +86,16 @@ def normalize(images: jax.Array, mean: float, std: float) -> jax.Array:
   return ((images - mean) / std)[..., None]
 
 
+def cross_entropy(logits: jax.Array, labels: jax.Array,
+                  label_smoothing: float = 0.0) -> jax.Array:
+  """Per-example loss of PyTorch's `CrossEntropyLoss(label_smoothing=...)`."""
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
+                                label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
 def _summed_metrics(logits: jax.Array, labels: jax.Array) -> Metrics:
   """Summed loss, correct count and count; label -1 marks padding, not counted."""
   valid = labels >= 0
@@ -134,7 +144,7 @@ def train_step(state: TrainState, metrics: Metrics, images: jax.Array,
     logits, updates = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
         mutable=['batch_stats'])
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    loss = cross_entropy(logits, y, config.label_smoothing).mean()
     return loss, (logits, updates['batch_stats'])
 
   grads, (logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)

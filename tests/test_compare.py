@@ -29,6 +29,18 @@ def test_identical_start_agrees(config_module, float32_steps, mnist_dir):
   assert np.abs(jl[0] - tl[0]) < 1e-5  # same weights, same batch
 
 
+def test_identical_start_agrees_with_label_smoothing(fake_mnist_dir):
+  config = v36.get_config()
+  config.label_smoothing = 0.1
+  ds = data.load_idx_dir(fake_mnist_dir, verify=False)
+  jl, tl = compare.identical_start(config, ds, steps=10, float64=True)
+  assert np.abs(jl - tl).max() < 1e-6
+  # Smoothing changes the updates, so the losses after the first step change.
+  config.label_smoothing = 0.0
+  plain, _ = compare.identical_start(config, ds, steps=10, float64=True)
+  assert plain[0] == pytest.approx(jl[0]) and np.abs(plain[1:] - jl[1:]).min() > 1e-6
+
+
 def test_torch_augmentation_matches_ours_for_integer_shifts():
   import jax.numpy as jnp
   from mnist_flax import augment

@@ -84,3 +84,15 @@ def test_short_real_training_reaches_97(mnist_dir, tmp_path):
   config.progress_bar = False
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result.history[-1]['test_accuracy'] >= 97.0
+
+
+@pytest.mark.parametrize('smoothing', [0.0, 0.1, 0.3])
+def test_cross_entropy_matches_torch_label_smoothing(smoothing):
+  torch = pytest.importorskip('torch')
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(64, 10)).astype(np.float32) * 3
+  labels = rng.integers(0, 10, 64)
+  want = torch.nn.CrossEntropyLoss(reduction='none', label_smoothing=smoothing)(
+      torch.from_numpy(logits), torch.from_numpy(labels)).numpy()
+  got = train.cross_entropy(logits, labels, smoothing)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
