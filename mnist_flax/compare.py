@@ -129,6 +129,36 @@ def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
   return history
 
 
+def _identical_inputs(config: ml_collections.ConfigDict, ds: data.Dataset, steps: int):
+  """Identical start's config (no augmentation), first batches, epoch length, order."""
+  config = copy.deepcopy(config)
+  config.augment.degrees = config.augment.translate = 0.0
+  all_batches = train.batch_starts(len(ds.train_images), config.batch_size)
+  perm = np.random.default_rng(config.seed).permutation(len(ds.train_images))
+  return config, all_batches[:steps], len(all_batches), perm
+
+
+def _seeded_torch_net(torch, config: ml_collections.ConfigDict, float64: bool):
+  torch.manual_seed(config.seed)
+  net = torch_interop.torch_model(config.model)
+  return net.double() if float64 else net
+
+
+def _torch_losses(torch, net, config, ds, batches, steps_per_epoch, perm) -> np.ndarray:
+  optimizer, scheduler = torch_optimizer(torch, config, net.parameters(),
+                                          steps_per_epoch)
+  losses = []
+  net.train()
+  for start, size in batches:
+    idx = perm[start:start + size]
+    x = (torch_inputs(torch, ds.train_images[idx]) - config.mean) / config.std
+    loss = _torch_step(torch, net, optimizer, scheduler, x.to(net.conv1.weight.dtype),
+                       torch.from_numpy(ds.train_labels[idx]).long(),
+                       config.label_smoothing)
+    losses.append(loss.item())
+  return np.array(losses)
+
+
 def identical_start(config: ml_collections.ConfigDict, ds: data.Dataset,
                     steps: int = 200, float64: bool = False
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -140,17 +170,9 @@ def identical_start(config: ml_collections.ConfigDict, ds: data.Dataset,
   meaning from float32 rounding.
   """
   torch = torch_interop.require_torch()
-  config = copy.deepcopy(config)
-  config.augment.degrees = config.augment.translate = 0.0
-  torch.manual_seed(config.seed)
-  net = torch_interop.torch_model(config.model)
-  if float64:
-    net = net.double()
+  config, batches, steps_per_epoch, perm = _identical_inputs(config, ds, steps)
+  net = _seeded_torch_net(torch, config, float64)
   variables, _ = torch_interop.from_state_dict(config.model, net.state_dict())
-
-  all_batches = train.batch_starts(len(ds.train_images), config.batch_size)
-  steps_per_epoch, batches = len(all_batches), all_batches[:steps]
-  perm = np.random.default_rng(config.seed).permutation(len(ds.train_images))
   with jax.enable_x64(float64):
     model = models.create_model(config.model)
     tx = optim.create_optimizer(config, steps_per_epoch).tx
@@ -165,19 +187,27 @@ def identical_start(config: ml_collections.ConfigDict, ds: data.Dataset,
       state, m = step_fn(state, train.zero_metrics(), images, labels, jperm, start,
                          batch_size=size)
       jax_losses.append(float(m['loss'] / m['count']))
+  return np.array(jax_losses), _torch_losses(torch, net, config, ds, batches,
+                                             steps_per_epoch, perm)
 
-  optimizer, scheduler = torch_optimizer(torch, config, net.parameters(),
-                                          steps_per_epoch)
-  torch_losses = []
-  net.train()
-  for start, size in batches:
-    idx = perm[start:start + size]
-    x = (torch_inputs(torch, ds.train_images[idx]) - config.mean) / config.std
-    loss = _torch_step(torch, net, optimizer, scheduler, x.to(net.conv1.weight.dtype),
-                       torch.from_numpy(ds.train_labels[idx]).long(),
-                       config.label_smoothing)
-    torch_losses.append(loss.item())
-  return np.array(jax_losses), np.array(torch_losses)
+
+def torch_on_threads(config: ml_collections.ConfigDict, ds: data.Dataset,
+                     steps: int = 200, threads: int = 1) -> np.ndarray:
+  """Identical start's float32 PyTorch losses, rerun on `threads` threads.
+
+  Only the summation order changes, so its distance from the usual run is how
+  far float32 rounding alone takes one framework from itself: the yardstick for
+  the JAX-PyTorch distance.
+  """
+  torch = torch_interop.require_torch()
+  config, batches, steps_per_epoch, perm = _identical_inputs(config, ds, steps)
+  before = torch.get_num_threads()
+  torch.set_num_threads(threads)
+  try:
+    return _torch_losses(torch, _seeded_torch_net(torch, config, False), config, ds,
+                         batches, steps_per_epoch, perm)
+  finally:
+    torch.set_num_threads(before)
 
 
 def _summary(history: list[dict[str, Any]]) -> tuple[float, float]:
@@ -229,7 +259,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer('seeds', 3, 'Seeds per framework.')
   flags.DEFINE_string('workdir', 'workdirs/compare', 'Where the JAX runs write.')
   flags.DEFINE_bool('identical_start', False, 'Same weights, same batches, no '
-                    'augmentation: report the per-step loss difference.')
+                    'augmentation: report the per-step loss difference, '
+                    'beside PyTorch against itself on another thread count.')
   flags.DEFINE_integer('steps', 200, 'Steps for --identical_start.')
   flags.DEFINE_string('torch_device', 'cpu', "PyTorch's device: cpu or cuda.")
   flags.mark_flag_as_required('config')
@@ -243,17 +274,23 @@ def main(argv):
     if not f.identical_start:
       print(compare(f.config, f.seeds, f.workdir, f.torch_device))
       return
-    jl, tl = identical_start(f.config, data.load_for(f.config), f.steps)
+    ds = data.load_for(f.config)
+    jl, tl = identical_start(f.config, ds, f.steps)
+    threads = 1 if torch_interop.require_torch().get_num_threads() > 1 else 2
+    ref = torch_on_threads(f.config, ds, f.steps, threads)
   except UserError as e:
     sys.exit(f'error: {e}')
-  diff = np.abs(jl - tl)
-  print(f'{"step":>5} {"jax loss":>10} {"torch loss":>10} {"|diff|":>9}')
-  for i in list(range(0, len(diff), 10)) + [len(diff) - 1]:
-    print(f'{i + 1:>5} {jl[i]:>10.6f} {tl[i]:>10.6f} {diff[i]:>9.2e}')
-  over = np.nonzero(diff > 1e-3)[0]
-  print(f'max |diff| over the first 50 steps: {diff[:50].max():.2e}; over all '
-        f'{len(diff)}: {diff.max():.2e}; first step above 1e-3: '
-        f'{over[0] + 1 if len(over) else "none"}')
+  print(f'{"step":>5} {"jax loss":>10} {"torch loss":>10} {"|diff|":>9} '
+        f'{"torch, " + str(threads) + " thr":>13} {"|diff|":>9}')
+  for i in list(range(0, len(jl), 10)) + [len(jl) - 1]:
+    print(f'{i + 1:>5} {jl[i]:>10.6f} {tl[i]:>10.6f} {abs(jl[i] - tl[i]):>9.2e} '
+          f'{ref[i]:>13.6f} {abs(ref[i] - tl[i]):>9.2e}')
+  for name, other in (('jax', jl), (f'torch on {threads} thread(s)', ref)):
+    diff = np.abs(other - tl)
+    over = np.nonzero(diff > 1e-3)[0]
+    print(f'{name} against torch: max |diff| over the first 50 steps '
+          f'{diff[:50].max():.2e}; over all {len(diff)}: {diff.max():.2e}; first '
+          f'step above 1e-3: {over[0] + 1 if len(over) else "none"}')
 
 
 if __name__ == '__main__':

@@ -41,6 +41,20 @@ def test_identical_start_agrees_with_label_smoothing(fake_mnist_dir):
   assert plain[0] == pytest.approx(jl[0]) and np.abs(plain[1:] - jl[1:]).min() > 1e-6
 
 
+def test_torch_on_threads_trains_the_same_recipe_and_restores_threads(fake_mnist_dir):
+  ds = data.load_idx_dir(fake_mnist_dir, verify=False)
+  config = v36.get_config()
+  config.batch_size = 16  # enough steps in the small fake set
+  threads = torch.get_num_threads()
+  same = compare.torch_on_threads(config, ds, steps=10, threads=threads)
+  again = compare.torch_on_threads(config, ds, steps=10, threads=threads)
+  one = compare.torch_on_threads(config, ds, steps=10, threads=1)
+  assert torch.get_num_threads() == threads
+  np.testing.assert_array_equal(same, again)
+  assert len(one) == 10 and abs(one[0] - same[0]) < 1e-5
+  np.testing.assert_allclose(one, same, atol=1e-2)
+
+
 def test_torch_augmentation_matches_ours_for_integer_shifts():
   import jax.numpy as jnp
   from mnist_flax import augment
