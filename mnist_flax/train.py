@@ -99,7 +99,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
 def _summed_metrics(logits: jax.Array, labels: jax.Array) -> Metrics:
   """Summed loss, correct count and count; label -1 marks padding, not counted."""
   valid = labels >= 0
-  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  losses = cross_entropy(logits, labels)
   return {'loss': jnp.where(valid, losses, 0.0).sum(),
           'correct': ((logits.argmax(-1) == labels) & valid).sum().astype(jnp.float32),
           'count': valid.sum().astype(jnp.float32)}
