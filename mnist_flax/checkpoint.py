@@ -8,6 +8,7 @@ mid-save leaves no half-written checkpoint behind that we would read.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import os
@@ -42,13 +43,17 @@ class Restored(NamedTuple):
   meta: dict[str, Any]  # {'epoch': int, 'history': [per-epoch records]}
 
 
-def _saveable(state: Any) -> Any:
-  """orbax stores arrays: typed PRNG keys go in as their raw key data."""
-  return state.replace(rng=jax.random.key_data(state.rng))
+def _saveable(state: Any) -> dict[str, Any]:
+  """The state's fields as orbax stores them: typed PRNG keys as their raw key
+  data, and fields that are None (an EMA not kept) left out, so checkpoints
+  from before such a field existed still restore."""
+  fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+  fields['rng'] = jax.random.key_data(state.rng)
+  return {k: v for k, v in fields.items() if v is not None}
 
 
-def _unsaveable(state: Any) -> Any:
-  return state.replace(rng=jax.random.wrap_key_data(state.rng))
+def _unsaveable(fields: dict[str, Any], like: Any) -> Any:
+  return type(like)(**{**fields, 'rng': jax.random.wrap_key_data(fields['rng'])})
 
 
 def config_differences(saved: dict[str, Any],
@@ -107,7 +112,7 @@ class Checkpoints:
         step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(_saveable(abstract_state)),
             meta=ocp.args.JsonRestore()))
-    return Restored(step, _unsaveable(restored['state']), restored['meta'])
+    return Restored(step, _unsaveable(restored['state'], abstract_state), restored['meta'])
 
   def restore_latest_good(self, abstract_state: Any) -> Restored | None:
     """The newest checkpoint that restores, moving corrupt newer ones aside.

@@ -104,6 +104,11 @@ def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
   net = torch_interop.torch_model(config.model).to(device)
   batches = train.batch_starts(len(ds.train_images), config.batch_size)
   optimizer, scheduler = torch_optimizer(torch, config, net.parameters(), len(batches))
+  evaluated = net
+  if config.ema_decay:
+    swa = torch.optim.swa_utils
+    evaluated = swa.AveragedModel(
+        net, multi_avg_fn=swa.get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
   images = torch_inputs(torch, ds.train_images).to(device)
   labels = torch.from_numpy(ds.train_labels).long().to(device)
   test_x = ((torch_inputs(torch, ds.test_images) - config.mean) / config.std).to(device)
@@ -117,9 +122,11 @@ def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
       x = _torch_augment(torch, images[idx], config, generator)
       _torch_step(torch, net, optimizer, scheduler, (x - config.mean) / config.std,
                   labels[idx], config.label_smoothing)
-    net.eval()
+      if evaluated is not net:
+        evaluated.update_parameters(net)
+    evaluated.eval()
     with torch.no_grad():
-      out = torch.cat([net(test_x[i:i + config.eval_batch_size])
+      out = torch.cat([evaluated(test_x[i:i + config.eval_batch_size])
                        for i in range(0, len(test_x), config.eval_batch_size)])
     record = {'epoch': epoch,
               'test_loss': float(F.nll_loss(out, test_y)),

@@ -26,6 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.label_smoothing = 0.0   # as PyTorch's CrossEntropyLoss; the reported
                             # train loss stays the plain cross-entropy
+  c.ema_decay = 0.0         # > 0: evaluate and export a moving average of the
+                            # weights and BN statistics, updated every step
   c.batch_size = 128
   c.eval_batch_size = 1000
   c.num_epochs = 15

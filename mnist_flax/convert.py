@@ -48,7 +48,7 @@ def to_torch(workdir: str, out: str, which: str = 'latest') -> None:
   """Saves a checkpoint's weights as a PyTorch state_dict file."""
   torch = torch_interop.require_torch()
   config, _, restored = train.load_checkpoint(workdir, which)
-  variables = jax.device_get(restored.state.variables)
+  variables = jax.device_get(restored.state.eval_variables)
   tracked = restored.meta.get('num_batches_tracked', int(restored.state.step))
   torch.save(torch_interop.to_state_dict(config.model, variables, tracked), out)
 

@@ -23,7 +23,7 @@ def evaluate_checkpoint(workdir: str, which: str = 'latest',
   if data_dir is not None:
     config.data_dir = data_dir
   ds = data.load_for(config)
-  variables = restored.state.variables
+  variables = restored.state.eval_variables
   apply = jax.jit(lambda x: model.apply(
       variables, train.normalize(x, config.mean, config.std), train=False))
   size = config.eval_batch_size

@@ -50,7 +50,7 @@ def predict(workdir: str, paths: list[str], which: str = 'latest'
   """(path, digit, probability) for each image."""
   images = np.stack([load_image(p) for p in paths])
   config, model, restored = train.load_checkpoint(workdir, which)
-  logits = model.apply(restored.state.variables, train.normalize(images, config.mean, config.std),
+  logits = model.apply(restored.state.eval_variables, train.normalize(images, config.mean, config.std),
                        train=False)
   probs = np.asarray(jax.nn.softmax(logits))
   return [(p, int(pr.argmax()), float(pr.max())) for p, pr in zip(paths, probs)]

@@ -36,16 +36,25 @@ class TrainState:
   batch_stats: Any
   opt_state: optax.OptState
   rng: jax.Array  # the run's base key; per-step keys are folded in from it
+  # With config.ema_decay > 0: moving averages of `variables`. None otherwise,
+  # so a run without them keeps the pytree (and checkpoints) it always had.
+  ema: Any = None
 
   @property
   def variables(self) -> dict[str, Any]:
-    """The model's variables, as `model.apply` takes them."""
+    """The model's variables as trained, as `model.apply` takes them."""
     return {'params': self.params, 'batch_stats': self.batch_stats}
+
+  @property
+  def eval_variables(self) -> dict[str, Any]:
+    """The variables evaluated and exported: the moving averages if kept."""
+    return self.variables if self.ema is None else self.ema
 
 
 def create_train_state(model: models.Net, tx: optax.GradientTransformation,
-                       key: jax.Array) -> TrainState:
-  """The state at step 0, with parameters drawn from `key`."""
+                       key: jax.Array, ema: bool = False) -> TrainState:
+  """The state at step 0, with parameters drawn from `key`; `ema`: keep
+  moving averages of the variables, starting from them."""
 
   # Jitted: run eagerly, Flax's init compiles ~100 one-op programs (5-7 s on CPU).
   @jax.jit
@@ -54,7 +63,8 @@ def create_train_state(model: models.Net, tx: optax.GradientTransformation,
     variables = models.init_variables(model, init_key)
     return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                       batch_stats=variables['batch_stats'],
-                      opt_state=tx.init(variables['params']), rng=rng)
+                      opt_state=tx.init(variables['params']), rng=rng,
+                      ema=variables if ema else None)
 
   return create(key)
 
@@ -155,6 +165,12 @@ def train_step(state: TrainState, metrics: Metrics, images: jax.Array,
   state = state.replace(step=state.step + 1,
                         params=optax.apply_updates(state.params, updates),
                         batch_stats=batch_stats, opt_state=opt_state)
+  if state.ema is not None:
+    # As torch.optim.swa_utils.AveragedModel(use_buffers=True) with an EMA
+    # avg_fn: the first step copies, and BatchNorm's running statistics are
+    # averaged with the weights.
+    rate = jnp.where(state.step == 1, 1.0, 1.0 - config.ema_decay)
+    state = state.replace(ema=optax.incremental_update(state.variables, state.ema, rate))
   return state, {**_add(metrics, batch), 'first_nonfinite': first}
 
 
@@ -162,7 +178,7 @@ def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, *,
               model: models.Net, config: ml_collections.ConfigDict) -> Metrics:
   """Summed loss and correct count on un-augmented uint8 images."""
   x = normalize(images, config.mean, config.std)
-  logits = model.apply(state.variables, x, train=False)
+  logits = model.apply(state.eval_variables, x, train=False)
   return _summed_metrics(logits, labels)
 
 
@@ -431,6 +447,13 @@ def _restore(runs: list[_Run], template: TrainState) -> list[TrainState] | None:
   return [r.state for r in restored]
 
 
+def _keeps_ema(config: ml_collections.ConfigDict) -> bool:
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise ConfigError(f'ema_decay must be in [0, 1), not {config.ema_decay}; '
+                      '0 turns the moving average off')
+  return config.ema_decay > 0
+
+
 def train_seeds(config: ml_collections.ConfigDict,
                 workdir: str) -> list[TrainResult]:
   """Trains config.num_seeds replicas of config.model at once (seeds
@@ -450,7 +473,8 @@ def train_seeds(config: ml_collections.ConfigDict,
   seeds = _seed_configs(config, workdir)
   stacked = len(seeds) > 1
 
-  create = jax.jit(lambda key: create_train_state(model, optimizer.tx, key),
+  create = jax.jit(lambda key: create_train_state(model, optimizer.tx, key,
+                                                  ema=_keeps_ema(config)),
                    out_shardings=replicated)
   states = [create(jax.random.key(c.seed)) for c, _ in seeds]
   if parallel.is_primary() and stacked:
@@ -633,7 +657,7 @@ def load_checkpoint(workdir: str, which: str = 'latest'
   model = models.create_model(config.model, config.init)
   # A template with the saved structure; the schedule's length is irrelevant.
   tx = optim.create_optimizer(config, steps_per_epoch=1).tx
-  template = create_train_state(model, tx, jax.random.key(0))
+  template = create_train_state(model, tx, jax.random.key(0), ema=_keeps_ema(config))
   ckpts = checkpoint.Checkpoints(workdir, read_only=True)
   step = ckpts.select(which)
   try:

@@ -135,6 +135,37 @@ def test_config_saved_before_a_key_existed_loads_with_its_default(tmp_path):
   assert config.augment.interpolation == 'nearest'
 
 
+def test_checkpoint_from_before_the_ema_field_restores(tmp_path):
+  """Until `TrainState.ema` existed, orbax stored the TrainState dataclass itself."""
+  import flax.struct  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from mnist_flax import models, optim  # pylint: disable=g-import-not-at-top
+  from configs import v36  # pylint: disable=g-import-not-at-top
+
+  @flax.struct.dataclass
+  class OldTrainState:
+    step: jax.Array
+    params: dict
+    batch_stats: dict
+    opt_state: tuple
+    rng: jax.Array
+
+  tx = optim.create_optimizer(v36.get_config(), steps_per_epoch=1).tx
+  state = train.create_train_state(models.create_model('v36'), tx, jax.random.key(3))
+  old = OldTrainState(step=state.step + 5, params=state.params, batch_stats=state.batch_stats,
+                      opt_state=state.opt_state, rng=jax.random.key_data(state.rng))
+  with ocp.CheckpointManager(tmp_path / 'checkpoints') as manager:
+    manager.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave(old),
+                                            meta=ocp.args.JsonSave({'epoch': 1, 'history': []})))
+  template = train.create_train_state(models.create_model('v36'), tx, jax.random.key(0))
+  restored = checkpoint.Checkpoints(str(tmp_path), read_only=True).restore(5, template)
+  assert int(restored.state.step) == 5 and restored.state.ema is None
+  np.testing.assert_array_equal(jax.random.key_data(restored.state.rng),
+                                jax.random.key_data(state.rng))
+  jax.tree.map(np.testing.assert_array_equal, restored.state.params, state.params)
+
+
 def test_nan_loss_stops_and_saves_nothing(fake_mnist_dir, tmp_path):
   config = _config(fake_mnist_dir, epochs=2)
   config.schedule.name = 'constant'

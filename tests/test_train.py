@@ -96,3 +96,52 @@ def test_cross_entropy_matches_torch_label_smoothing(smoothing):
       torch.from_numpy(logits), torch.from_numpy(labels)).numpy()
   got = train.cross_entropy(logits, labels, smoothing)
   np.testing.assert_allclose(got, want, rtol=1e-5)
+
+
+def test_ema_of_variables_equals_torch_averaged_model(fake_mnist_dir, tmp_path):
+  torch = pytest.importorskip('torch')
+  from mnist_flax import evaluate, torch_interop  # pylint: disable=g-import-not-at-top
+  config = v36.get_config()
+  config.ema_decay = 0.9
+  model = models.create_model('v36')
+  opt = optim.create_optimizer(config, steps_per_epoch=10)
+  state = train.create_train_state(model, opt.tx, jax.random.key(0), ema=True)
+  steps = train.make_steps(model, opt.tx, config)
+  images = jax.random.randint(jax.random.key(1), (64, 28, 28), 0, 256).astype('uint8')
+  labels = jax.random.randint(jax.random.key(2), (64,), 0, 10)
+  metrics = train.zero_metrics()
+  swa = torch.optim.swa_utils
+  net = torch_interop.torch_model('v36')
+  averaged = swa.AveragedModel(net, multi_avg_fn=swa.get_ema_multi_avg_fn(0.9),
+                               use_buffers=True)
+  for step in range(1, 4):
+    state, metrics = steps.train(state, metrics, images, labels,
+                                 jax.numpy.arange(64), 0, batch_size=32)
+    ours = jax.device_get(state)
+    net.load_state_dict(torch_interop.to_state_dict('v36', ours.variables, step))
+    averaged.update_parameters(net)
+    want = averaged.module.state_dict()
+    for key, value in torch_interop.to_state_dict('v36', ours.ema, step).items():
+      if key.endswith('num_batches_tracked'):
+        continue
+      np.testing.assert_allclose(value.numpy(), want[key].numpy(), rtol=1e-6,
+                                 atol=1e-7, err_msg=f'step {step}: {key}')
+  assert not np.allclose(ours.ema['params']['conv1']['kernel'],
+                         ours.params['conv1']['kernel'])
+  # Evaluation, and everything read from a checkpoint, uses the averages.
+  x, y = images[:50], labels[:50]
+  ema_loss = steps.eval(state, x, y)['loss']
+  as_trained = state.replace(params=ours.ema['params'],
+                             batch_stats=ours.ema['batch_stats'], ema=None)
+  assert float(ema_loss) == pytest.approx(float(steps.eval(as_trained, x, y)['loss']),
+                                          rel=1e-6)
+  assert float(ema_loss) != float(steps.eval(state.replace(ema=None), x, y)['loss'])
+  fake = small_config(fake_mnist_dir, epochs=1, ema_decay=0.5)
+  result = train.train_and_evaluate(fake, str(tmp_path / 'w'))
+  evaluated = evaluate.evaluate_checkpoint(str(tmp_path / 'w'))[0]
+  assert evaluated['test_loss'] == pytest.approx(result.history[-1]['test_loss'], rel=1e-5)
+
+
+def test_ema_decay_out_of_range_is_a_config_error(fake_mnist_dir, tmp_path):
+  with pytest.raises(train.ConfigError, match=r'ema_decay must be in \[0, 1\), not 1.0'):
+    train.train_and_evaluate(small_config(fake_mnist_dir, ema_decay=1.0), str(tmp_path))
