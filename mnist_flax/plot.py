@@ -2,11 +2,12 @@
 
 python -m mnist_flax.plot --workdir=DIR [--workdir=DIR2 ...] --out=curves.png
 python -m mnist_flax.plot --workdir=DIR --kind=confusion --out=confusion.png
-python -m mnist_flax.plot --workdir=DIR [--workdir=DIR2 ...] --kind=frontier --out=frontier.png
+python -m mnist_flax.plot [--workdir=DIR ...] --kind=frontier [--results=runs.csv] --out=frontier.png
 """
 
 from __future__ import annotations
 
+import csv
 import glob
 import json
 import os
@@ -101,15 +102,53 @@ def seed_dirs(workdirs: list[str]) -> list[str]:
   return runs
 
 
-def frontier(workdirs: list[str]) -> list[dict]:
-  """Runs grouped by network and evaluation split, fewest parameters first:
-  each group's parameter count and the mean and std of its final-3 averages."""
-  groups: dict[tuple[str, str], list[float]] = {}
+RESULT_FIELDS = ('model', 'split', 'seed', 'final3')
+
+
+def seed_results(workdirs: list[str]) -> list[dict]:
+  """One row per run in `workdirs`: network, evaluation split, seed, final-3 average."""
+  rows = []
   for run in seed_dirs(workdirs):
     config = checkpoint.load_config(run)
     final3 = train.final_analysis(read_history(run), config.target_accuracy)
-    key = (config.model, train.eval_split(config))
-    groups.setdefault(key, []).append(final3['final3_average'])
+    rows.append({'model': config.model, 'split': train.eval_split(config),
+                 'seed': int(config.seed),
+                 # float32 accuracies: 4 decimals hold all there is (1/300 %).
+                 'final3': round(final3['final3_average'], 4)})
+  return rows
+
+
+def merge_results(path: str, rows: list[dict]) -> list[dict]:
+  """`rows` merged into the CSV file at `path` (a row of the same network, split
+  and seed replaced), written back, and the union returned. The file keeps the
+  per-seed figures after the run directories are gone."""
+  merged = {}
+  if os.path.exists(path):
+    with open(path, newline='') as f:
+      for line, r in enumerate(csv.DictReader(f), start=2):
+        try:
+          row = {'model': r['model'], 'split': r['split'], 'seed': int(r['seed']),
+                 'final3': float(r['final3'])}
+        except (KeyError, TypeError, ValueError):
+          raise UserError(f'{path}, line {line}: not a row of {",".join(RESULT_FIELDS)}; '
+                          'fix the line or give another --results file') from None
+        merged[row['model'], row['split'], row['seed']] = row
+  for row in rows:
+    merged[row['model'], row['split'], row['seed']] = row
+  ordered = sorted(merged.values(), key=lambda r: (r['model'], r['split'], r['seed']))
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, RESULT_FIELDS, lineterminator='\n')
+    writer.writeheader()
+    writer.writerows(ordered)
+  return ordered
+
+
+def frontier(results: list[dict]) -> list[dict]:
+  """Per-seed results grouped by network and evaluation split, fewest parameters
+  first: each group's parameter count and the mean and std of its final-3 averages."""
+  groups: dict[tuple[str, str], list[float]] = {}
+  for r in results:
+    groups.setdefault((r['model'], r['split']), []).append(r['final3'])
   rows = [{'model': model, 'split': split,
            'params': architectures.param_count(architectures.get_network(model)),
            'seeds': len(values), 'mean': float(np.mean(values)),
@@ -162,19 +201,27 @@ def _define_flags() -> None:
                     'What to plot: test accuracy per epoch, the confusion matrix '
                     'and misclassified digits, or params against accuracy.')
   flags.DEFINE_string('checkpoint', 'latest', "For confusion: 'latest', 'best' or a step.")
-  flags.mark_flags_as_required(['workdir', 'out'])
+  flags.DEFINE_string('results', None, 'For frontier: a CSV of per-seed results that '
+                      'the --workdir runs are merged into and that is plotted whole.')
+  flags.mark_flags_as_required(['out'])
 
 
 def main(argv):
   del argv
   f = flags.FLAGS
   try:
+    if not f.workdir and not (f.kind == 'frontier' and f.results):
+      raise UserError(f'--kind={f.kind} needs --workdir=DIR'
+                      f'{" or --results=FILE" if f.kind == "frontier" else ""}')
     if f.kind == 'curves':
       plot_curves(f.workdir, f.out)
     elif f.kind == 'confusion':
       plot_confusion(f.workdir[0], f.out, f.checkpoint)
     else:
-      rows = frontier(f.workdir)
+      results = seed_results(f.workdir or [])
+      if f.results:
+        results = merge_results(f.results, results)
+      rows = frontier(results)
       plot_frontier(rows, f.out)
       print(format_frontier(rows))
   except UserError as e:

@@ -38,7 +38,7 @@ def test_missing_run_is_a_clear_error(tmp_path):
 
 
 def test_frontier_groups_seeds_by_network(two_runs, tmp_path):
-  rows = plot.frontier(two_runs)
+  rows = plot.frontier(plot.seed_results(two_runs))
   final3 = [np.mean([h['test_accuracy'] for h in plot.read_history(w)[-3:]])
             for w in two_runs]
   assert len(rows) == 1
@@ -56,4 +56,26 @@ def test_frontier_groups_seeds_by_network(two_runs, tmp_path):
 def test_frontier_reads_a_k_seed_workdir_as_its_seeds(two_runs, tmp_path):
   for seed, run in enumerate(two_runs):
     shutil.copytree(run, tmp_path / 'k' / f'seed_{seed}')
-  assert plot.frontier([str(tmp_path / 'k')]) == plot.frontier(two_runs)
+  assert plot.seed_results([str(tmp_path / 'k')]) == plot.seed_results(two_runs)
+
+
+def test_results_file_keeps_seeds_after_their_runs_are_gone(two_runs, tmp_path):
+  path = str(tmp_path / 'runs.csv')
+  first, second = plot.seed_results(two_runs)
+  older = {'model': 'v36:4-4-4-6-6', 'split': 'test', 'seed': 3, 'final3': 98.44}
+  plot.merge_results(path, [older, dict(first, final3=50.0)])
+  # The rerun of seed 0 replaces its row; seed 1 and the older network are added/kept.
+  merged = plot.merge_results(path, [first, second])
+  assert merged == plot.merge_results(path, [])
+  assert sorted(map(str, merged)) == sorted(map(str, [older, first, second]))
+  rows = plot.frontier(merged)
+  assert [(r['model'], r['seeds']) for r in rows] == [('v36:4-4-4-6-6', 1), ('v36', 2)]
+  assert rows[1] == plot.frontier(plot.seed_results(two_runs))[0]
+
+
+def test_corrupt_results_file_is_a_clear_error(tmp_path):
+  path = tmp_path / 'runs.csv'
+  path.write_text('model,split,seed,final3\nv36,test,zero,99.4\n')
+  with pytest.raises(UserError, match='runs.csv, line 2: not a row of model,split,seed,final3'):
+    plot.merge_results(str(path), [])
+  assert path.read_text() == 'model,split,seed,final3\nv36,test,zero,99.4\n'
