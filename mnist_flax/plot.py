@@ -118,10 +118,14 @@ def seed_results(workdirs: list[str]) -> list[dict]:
   return rows
 
 
+def _run_key(row: dict) -> tuple[str, str, int]:
+  return row['model'], row['split'], row['seed']
+
+
 def merge_results(path: str, rows: list[dict]) -> list[dict]:
   """`rows` merged into the CSV file at `path` (a row of the same network, split
-  and seed replaced), written back, and the union returned. The file keeps the
-  per-seed figures after the run directories are gone."""
+  and seed replaced), written back when there are any, and the union returned.
+  The file keeps the per-seed figures after the run directories are gone."""
   merged = {}
   if os.path.exists(path):
     with open(path, newline='') as f:
@@ -132,14 +136,14 @@ def merge_results(path: str, rows: list[dict]) -> list[dict]:
         except (KeyError, TypeError, ValueError):
           raise UserError(f'{path}, line {line}: not a row of {",".join(RESULT_FIELDS)}; '
                           'fix the line or give another --results file') from None
-        merged[row['model'], row['split'], row['seed']] = row
-  for row in rows:
-    merged[row['model'], row['split'], row['seed']] = row
-  ordered = sorted(merged.values(), key=lambda r: (r['model'], r['split'], r['seed']))
-  with open(path, 'w', newline='') as f:
-    writer = csv.DictWriter(f, RESULT_FIELDS, lineterminator='\n')
-    writer.writeheader()
-    writer.writerows(ordered)
+        merged[_run_key(row)] = row
+  merged.update((_run_key(row), row) for row in rows)
+  ordered = sorted(merged.values(), key=_run_key)
+  if rows:
+    with open(path, 'w', newline='') as f:
+      writer = csv.DictWriter(f, RESULT_FIELDS, lineterminator='\n')
+      writer.writeheader()
+      writer.writerows(ordered)
   return ordered
 
 
