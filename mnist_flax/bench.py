@@ -79,7 +79,8 @@ class Ours:
     replicated = parallel.replicated(self.mesh)
     self.state = jax.jit(lambda k: train.create_train_state(model, self.optimizer.tx, k),
                          out_shardings=replicated)(jax.random.key(0))
-    self.steps = train.make_steps(model, self.optimizer.tx, config, self.mesh)
+    self.steps = train.make_steps(model, self.optimizer.tx, config, len(self.batches),
+                                  self.mesh)
     self.images, self.labels = parallel.put((images, labels), replicated)
     self.perm = jax.jit(lambda r: train.epoch_permutation(r, 1, len(images)))(self.state.rng)
     self.metrics = train.zero_metrics()

@@ -36,7 +36,7 @@ def torch_optimizer(torch, config, parameters, steps_per_epoch):
   lr = sch.max_lr if sch.name == 'onecycle' else opt.learning_rate
   if opt.name == 'sgd':
     optimizer = torch.optim.SGD(parameters, lr=lr, momentum=opt.momentum,
-                                weight_decay=opt.weight_decay)
+                                weight_decay=opt.weight_decay, nesterov=opt.nesterov)
   else:
     optimizer = torch.optim.Adam(parameters, lr=lr, betas=(opt.b1, opt.b2),
                                  eps=opt.eps, weight_decay=opt.weight_decay)
@@ -113,13 +113,16 @@ def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
   labels = torch.from_numpy(ds.train_labels).long().to(device)
   test_x = ((torch_inputs(torch, ds.test_images) - config.mean) / config.std).to(device)
   test_y = torch.from_numpy(ds.test_labels).long().to(device)
+  augmented_epochs = train.augmented_epochs(config)
   history = []
   for epoch in range(1, config.num_epochs + 1):
     net.train()
     perm = torch.randperm(len(labels), generator=generator)
     for start, size in batches:
       idx = perm[start:start + size].to(device)
-      x = _torch_augment(torch, images[idx], config, generator)
+      x = images[idx]
+      if epoch <= augmented_epochs:
+        x = _torch_augment(torch, x, config, generator)
       _torch_step(torch, net, optimizer, scheduler, (x - config.mean) / config.std,
                   labels[idx], config.label_smoothing)
       if evaluated is not net:
@@ -187,7 +190,7 @@ def identical_start(config: ml_collections.ConfigDict, ds: data.Dataset,
     state = train.create_train_state(model, tx, jax.random.key(config.seed)).replace(
         params=params, opt_state=tx.init(params),
         batch_stats=jax.tree.map(jnp.asarray, variables['batch_stats']))
-    step_fn = train.make_steps(model, tx, config).train
+    step_fn = train.make_steps(model, tx, config, steps_per_epoch).train
     images, labels, jperm = jax.device_put((ds.train_images, ds.train_labels, perm))
     jax_losses = []
     for start, size in batches:

@@ -23,6 +23,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.degrees = 0.0      # rotation drawn from [-degrees, degrees]
   c.augment.translate = 0.0    # shift up to this fraction of 28 pixels per axis
   c.augment.interpolation = 'nearest'  # torchvision's default for both
+  c.augment.clean_epochs = 0   # the last N epochs train on un-augmented images
 
   c.label_smoothing = 0.0   # as PyTorch's CrossEntropyLoss; the reported
                             # train loss stays the plain cross-entropy
@@ -44,6 +45,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.learning_rate = 0.01   # for 'step' and 'constant' schedules
   c.optimizer.momentum = 0.9         # SGD; replaced by the cycle if cycle_momentum
   c.optimizer.weight_decay = 0.0     # coupled (L2), as PyTorch's
+  c.optimizer.nesterov = False       # SGD, as torch.optim.SGD(nesterov=...)
   c.optimizer.b1 = 0.9               # Adam
   c.optimizer.b2 = 0.999
   c.optimizer.eps = 1e-8

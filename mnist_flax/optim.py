@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax.numpy as jnp
@@ -69,12 +70,12 @@ def step_lr(learning_rate: float, steps_per_epoch: int, step_size: int,
                                  gamma, staircase=True)
 
 
-@optax.inject_hyperparams
-def sgd_torch(learning_rate: float, momentum: float,
-              weight_decay: float = 0.0) -> optax.GradientTransformation:
+@functools.partial(optax.inject_hyperparams, static_args=('nesterov',))
+def sgd_torch(learning_rate: float, momentum: float, weight_decay: float = 0.0,
+              nesterov: bool = False) -> optax.GradientTransformation:
   """`torch.optim.SGD`: coupled weight decay, then momentum, then the LR."""
   return optax.chain(optax.add_decayed_weights(weight_decay),
-                     optax.trace(decay=momentum),
+                     optax.trace(decay=momentum, nesterov=nesterov),
                      optax.scale_by_learning_rate(learning_rate))
 
 
@@ -116,7 +117,7 @@ def create_optimizer(config: ml_collections.ConfigDict,
   else:
     raise unknown('schedule', sch.name, SCHEDULES)
   if opt.name == 'sgd':
-    tx = sgd_torch(lr, momentum, opt.weight_decay)
+    tx = sgd_torch(lr, momentum, opt.weight_decay, opt.nesterov)
   elif opt.name == 'adam':
     tx = adam_torch(lr, opt.b1, opt.b2, opt.eps, opt.weight_decay)
   else:

@@ -131,10 +131,12 @@ def train_step(state: TrainState, metrics: Metrics, images: jax.Array,
                batch_size: int, model: models.Net,
                tx: optax.GradientTransformation,
                config: ml_collections.ConfigDict,
+               augmented_steps: int | None = None,
                batch_sharding: jax.sharding.Sharding | None = None
                ) -> tuple[TrainState, Metrics]:
   """One SGD step on perm[start:start + batch_size] of the on-device train set.
 
+  Steps from `augmented_steps` on (None: never) train on un-augmented images.
   With `batch_sharding`, each device gathers, augments and trains on its slice
   of the batch (the dataset and the state are replicated).
   """
@@ -144,8 +146,11 @@ def train_step(state: TrainState, metrics: Metrics, images: jax.Array,
   x = to_unit(images[idx])
   y = labels[idx]
   aug = config.augment
-  x = augment.random_affine(_augment_key(state), x, aug.degrees, aug.translate,
-                            aug.interpolation)
+  warped = augment.random_affine(_augment_key(state), x, aug.degrees,
+                                 aug.translate, aug.interpolation)
+  if augmented_steps is not None:
+    warped = jnp.where(state.step < augmented_steps, warped, x)
+  x = warped
   # Without the barrier XLA fuses the warp into conv1's input and the V36 step
   # runs 1.25x slower on CPU (docs/performance.md).
   x = jax.lax.optimization_barrier(normalize(x, config.mean, config.std))
@@ -223,8 +228,17 @@ class Steps(NamedTuple):
   train_many: Callable[..., tuple[TrainState, Metrics]]
 
 
+def augmented_epochs(config: ml_collections.ConfigDict) -> int:
+  """How many leading epochs train on augmented images (all but clean_epochs)."""
+  clean = config.augment.clean_epochs
+  if not 0 <= clean <= config.num_epochs:
+    raise ConfigError(f'augment.clean_epochs must be between 0 and num_epochs '
+                      f'({config.num_epochs}), not {clean}')
+  return config.num_epochs - clean
+
+
 def make_steps(model: models.Net, tx: optax.GradientTransformation,
-               config: ml_collections.ConfigDict,
+               config: ml_collections.ConfigDict, steps_per_epoch: int,
                mesh: jax.sharding.Mesh | None = None,
                stacked: bool = False) -> Steps:
   """Jitted train and eval steps; the train steps donate state and metrics.
@@ -234,10 +248,14 @@ def make_steps(model: models.Net, tx: optax.GradientTransformation,
   """
   sharding = parallel.batch_sharded(mesh) if mesh is not None else None
   how = seed_parallelism(config.seed_parallelism, mesh)
+  # None keeps the program of a run without clean epochs as it was.
+  augmented_steps = (augmented_epochs(config) * steps_per_epoch
+                     if config.augment.clean_epochs else None)
 
   def step(state, metrics, images, labels, perm, start, *, batch_size):
     fn = functools.partial(train_step, batch_size=batch_size, model=model,
-                           tx=tx, config=config, batch_sharding=sharding)
+                           tx=tx, config=config, augmented_steps=augmented_steps,
+                           batch_sharding=sharding)
     if stacked:
       fn = over_seeds(fn, (0, 0, None, None, 0, None), how)
     return fn(state, metrics, images, labels, perm, start)
@@ -495,7 +513,7 @@ def train_seeds(config: ml_collections.ConfigDict,
       for run in runs:
         run.open()
       _train_epochs(config, runs, _stack(states) if stacked else states[0], ds,
-                    make_steps(model, optimizer.tx, config, mesh, stacked),
+                    make_steps(model, optimizer.tx, config, len(batches), mesh, stacked),
                     optimizer, batches, mesh)
   finally:
     for run in runs:

@@ -109,3 +109,15 @@ def test_without_pytorch_says_how_to_get_it(monkeypatch):
   monkeypatch.setitem(sys.modules, 'torch', None)
   with pytest.raises(UserError, match=r"pip install 'mnist_flax\[torch\]'"):
     torch_interop.require_torch()
+
+
+def test_torch_recipe_skips_augmentation_in_clean_epochs(fake_mnist_dir):
+  ds = data.load_idx_dir(fake_mnist_dir, verify=False)
+  config = v36.get_config()
+  config.batch_size, config.num_epochs = 64, 1
+  run = lambda: compare.train_torch(config, ds, log=lambda _: None)[-1]['test_loss']
+  augmented = run()
+  config.augment.clean_epochs = 1
+  clean = run()
+  config.augment.degrees = config.augment.translate = 0.0
+  assert clean == run() != augmented

@@ -150,6 +150,26 @@ def test_sgd_fixed_momentum_matches_torch():
               cycle_momentum=False))
 
 
+def test_sgd_nesterov_matches_torch():
+  config = v36.get_config()
+  config.num_epochs, config.optimizer.nesterov = 2, True
+  sch = config.schedule
+  _parity(config, 50,
+          lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=5e-5,
+                                     nesterov=True),
+          lambda o: torch.optim.lr_scheduler.OneCycleLR(
+              o, max_lr=sch.max_lr, total_steps=100, pct_start=sch.pct_start,
+              div_factor=sch.div_factor, final_div_factor=sch.final_div_factor))
+  config.optimizer.nesterov = False
+  with pytest.raises(AssertionError):  # the parity test can tell them apart
+    _parity(config, 50,
+            lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=5e-5,
+                                       nesterov=True),
+            lambda o: torch.optim.lr_scheduler.OneCycleLR(
+                o, max_lr=sch.max_lr, total_steps=100, pct_start=sch.pct_start,
+                div_factor=sch.div_factor, final_div_factor=sch.final_div_factor))
+
+
 def test_adam_step_lr_matches_torch():
   config = model3.get_config()
   config.optimizer.weight_decay = 1e-3

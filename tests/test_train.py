@@ -1,7 +1,9 @@
+import functools
 import glob
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -59,7 +61,7 @@ def test_train_step_updates_params_batch_stats_and_step():
   opt = optim.create_optimizer(config, steps_per_epoch=10)
   state = train.create_train_state(model, opt.tx, jax.random.key(0))
   before = jax.device_get(state)
-  steps = train.make_steps(model, opt.tx, config)
+  steps = train.make_steps(model, opt.tx, config, steps_per_epoch=10)
   images = jax.random.randint(jax.random.key(1), (32, 28, 28), 0, 256).astype('uint8')
   labels = jax.random.randint(jax.random.key(2), (32,), 0, 10)
   state, metrics = steps.train(state, train.zero_metrics(), images, labels,
@@ -74,6 +76,46 @@ def test_train_step_updates_params_batch_stats_and_step():
     for key in (('kernel',) if name.startswith('conv') and name != 'conv_final'
                 else layer):
       assert changed(layer[key], after.params[name][key]), (name, key)
+
+
+def test_clean_epochs_train_on_unaugmented_images():
+  # Two epochs of one step; the second is clean.
+  model = models.create_model('v36')
+  images = jax.random.randint(jax.random.key(1), (32, 28, 28), 0, 256).astype('uint8')
+  labels = jax.random.randint(jax.random.key(2), (32,), 0, 10)
+
+  def step(state, config):
+    config.num_epochs = 2
+    tx = optim.create_optimizer(config, steps_per_epoch=1).tx
+    steps = train.make_steps(model, tx, config, steps_per_epoch=1)
+    return steps.train(jax.tree.map(jnp.copy, state), train.zero_metrics(), images,
+                       labels, jnp.arange(32), 0, batch_size=32)[0]
+
+  clean, always, never = v36.get_config(), v36.get_config(), v36.get_config()
+  clean.augment.clean_epochs = 1
+  never.augment.degrees = never.augment.translate = 0.0
+  tx = optim.create_optimizer(clean, steps_per_epoch=1).tx
+  state = train.create_train_state(model, tx, jax.random.key(0))
+  close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-8)
+  same = lambda a, b: jax.tree.map(close, a.params, b.params)
+  first = step(state, clean)
+  same(first, step(state, always))
+  assert not np.allclose(first.params['conv1']['kernel'],
+                         step(state, never).params['conv1']['kernel'])
+  second = step(first, clean)
+  same(second, step(first, never))
+  assert not np.allclose(second.params['conv1']['kernel'],
+                         step(first, always).params['conv1']['kernel'])
+
+
+@pytest.mark.parametrize('clean_epochs', [-1, 4])
+def test_clean_epochs_out_of_range_is_a_config_error(fake_mnist_dir, tmp_path,
+                                                     clean_epochs):
+  config = small_config(fake_mnist_dir)
+  config.augment.clean_epochs = clean_epochs
+  with pytest.raises(train.ConfigError, match='augment.clean_epochs must be between '
+                     f'0 and num_epochs \\(3\\), not {clean_epochs}'):
+    train.train_and_evaluate(config, str(tmp_path))
 
 
 def test_short_real_training_reaches_97(mnist_dir, tmp_path):
@@ -106,7 +148,7 @@ def test_ema_of_variables_equals_torch_averaged_model(fake_mnist_dir, tmp_path):
   model = models.create_model('v36')
   opt = optim.create_optimizer(config, steps_per_epoch=10)
   state = train.create_train_state(model, opt.tx, jax.random.key(0), ema=True)
-  steps = train.make_steps(model, opt.tx, config)
+  steps = train.make_steps(model, opt.tx, config, steps_per_epoch=10)
   images = jax.random.randint(jax.random.key(1), (64, 28, 28), 0, 256).astype('uint8')
   labels = jax.random.randint(jax.random.key(2), (64,), 0, 10)
   metrics = train.zero_metrics()
