@@ -119,6 +119,9 @@ def create_optimizer(config: ml_collections.ConfigDict,
   if opt.name == 'sgd':
     tx = sgd_torch(lr, momentum, opt.weight_decay, opt.nesterov)
   elif opt.name == 'adam':
+    if opt.nesterov:
+      raise ConfigError('optimizer.nesterov is for SGD; Adam has no Nesterov '
+                        'variant here: set optimizer.nesterov=False')
     tx = adam_torch(lr, opt.b1, opt.b2, opt.eps, opt.weight_decay)
   else:
     raise unknown('optimizer', opt.name, OPTIMIZERS)

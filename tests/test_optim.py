@@ -126,48 +126,39 @@ def _parity(config, steps_per_epoch, torch_opt_fn, torch_sched_fn=None, steps=10
     np.testing.assert_allclose(params[k], p.detach().numpy(), atol=1e-5, rtol=0)
 
 
-def test_sgd_onecycle_weight_decay_matches_torch():
+def _torch_onecycle(config, total_steps):
+  sch = config.schedule
+  return lambda o: torch.optim.lr_scheduler.OneCycleLR(
+      o, max_lr=sch.max_lr, total_steps=total_steps, pct_start=sch.pct_start,
+      div_factor=sch.div_factor, final_div_factor=sch.final_div_factor,
+      cycle_momentum=sch.cycle_momentum)
+
+
+@pytest.mark.parametrize('nesterov', [False, True])
+def test_sgd_onecycle_weight_decay_matches_torch(nesterov):
   config = v36.get_config()
   config.num_epochs, config.optimizer.weight_decay = 2, 1e-2
-  sch = config.schedule
+  config.optimizer.nesterov = nesterov
   _parity(config, 50,
-          lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2),
-          lambda o: torch.optim.lr_scheduler.OneCycleLR(
-              o, max_lr=sch.max_lr, total_steps=100, pct_start=sch.pct_start,
-              div_factor=sch.div_factor, final_div_factor=sch.final_div_factor))
+          lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2,
+                                     nesterov=nesterov),
+          _torch_onecycle(config, 100))
+  config.optimizer.nesterov = not nesterov
+  with pytest.raises(AssertionError):  # the comparison tells the two apart
+    _parity(config, 50,
+            lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2,
+                                       nesterov=nesterov),
+            _torch_onecycle(config, 100))
 
 
 def test_sgd_fixed_momentum_matches_torch():
   config = v36.get_config()
   config.num_epochs = 2
   config.schedule.cycle_momentum = False
-  sch = config.schedule
   _parity(config, 50,
-          lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.98, weight_decay=5e-5),
-          lambda o: torch.optim.lr_scheduler.OneCycleLR(
-              o, max_lr=sch.max_lr, total_steps=100, pct_start=sch.pct_start,
-              div_factor=sch.div_factor, final_div_factor=sch.final_div_factor,
-              cycle_momentum=False))
-
-
-def test_sgd_nesterov_matches_torch():
-  config = v36.get_config()
-  config.num_epochs, config.optimizer.nesterov = 2, True
-  sch = config.schedule
-  _parity(config, 50,
-          lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=5e-5,
-                                     nesterov=True),
-          lambda o: torch.optim.lr_scheduler.OneCycleLR(
-              o, max_lr=sch.max_lr, total_steps=100, pct_start=sch.pct_start,
-              div_factor=sch.div_factor, final_div_factor=sch.final_div_factor))
-  config.optimizer.nesterov = False
-  with pytest.raises(AssertionError):  # the parity test can tell them apart
-    _parity(config, 50,
-            lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=5e-5,
-                                       nesterov=True),
-            lambda o: torch.optim.lr_scheduler.OneCycleLR(
-                o, max_lr=sch.max_lr, total_steps=100, pct_start=sch.pct_start,
-                div_factor=sch.div_factor, final_div_factor=sch.final_div_factor))
+          lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.98, weight_decay=5e-5,
+                                     nesterov=config.optimizer.nesterov),
+          _torch_onecycle(config, 100))
 
 
 def test_adam_step_lr_matches_torch():
@@ -200,6 +191,10 @@ def test_unknown_optimizer_and_schedule():
   config = v36.get_config()
   config.schedule.name = 'cosine'
   with pytest.raises(ValueError, match="unknown schedule 'cosine'"):
+    optim.create_optimizer(config, 10)
+  config = model3.get_config()
+  config.optimizer.nesterov = True
+  with pytest.raises(ConfigError, match='optimizer.nesterov is for SGD'):
     optim.create_optimizer(config, 10)
 
 
