@@ -131,10 +131,12 @@ def test_k_seeds_at_once_equal_k_single_runs(fake_mnist_dir, tmp_path, capsys, h
   # any float32 difference would, so: a constant rate, 2 epochs of 4 steps.
   # Seeds 6-8 then agree to 1e-6; seed 5 ends 3e-4 apart (a rounding-level
   # difference flips a discrete choice, max-pool or ReLU) wherever it sits in
-  # the stack.
+  # the stack. Nesterov's look-ahead amplifies the gap further (5e-4), so plain
+  # momentum: what is tested is the stacking of seeds, not the optimiser.
   def make(**overrides):
     c = small_config(fake_mnist_dir, epochs=2, **overrides)
     c.schedule.name, c.optimizer.learning_rate = 'constant', 0.01
+    c.optimizer.nesterov = False
     return c
   results = train.train_seeds(make(num_seeds=3, seed=6, seed_parallelism=how),
                               str(tmp_path / 'k'))
