@@ -13,7 +13,4 @@ def get_config():
   # Chosen on the validation split (last 10,000 training images), 2 seeds:
   # final-3 99.398% against V36's 99.285% (docs/research.md).
   c.model = 'v36:8-12-14-18-16'
-  # Plain momentum, as these figures were measured; configs/v36.py took
-  # Nesterov afterwards, and it was not screened at these widths.
-  c.optimizer.nesterov = False
   return c

@@ -13,7 +13,4 @@ def get_config():
   # The widest V36 layout under 4,000 that keeps V36's widening channel order:
   # every layer at about 0.75x V36's widths (8-10-12-16-16). docs/research.md.
   c.model = 'v36:6-8-10-12-12'
-  # Plain momentum, as these figures were measured; configs/v36.py took
-  # Nesterov afterwards, and it was not screened at these widths.
-  c.optimizer.nesterov = False
   return c

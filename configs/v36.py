@@ -22,10 +22,9 @@ def get_config():
   c.optimizer.name = 'sgd'
   c.optimizer.momentum = 0.98  # the seed's value; only used if cycle_momentum=False
   c.optimizer.weight_decay = 5e-5
-  # Not stated (the seed prints only "Momentum: 0.98"). Nesterov was chosen over
-  # plain momentum and over un-augmented last epochs on the validation split
-  # (docs/research.md, screens (j) and (k)).
-  c.optimizer.nesterov = True
+  # Not stated: plain momentum (PyTorch's default). Nesterov and un-augmented
+  # last epochs were screened and not taken (docs/research.md, (j) and (k)).
+  c.optimizer.nesterov = False
   c.schedule.name = 'onecycle'
   c.schedule.max_lr = 0.05
   c.schedule.pct_start = 0.05
