@@ -148,9 +148,8 @@ def train_step(state: TrainState, metrics: Metrics, images: jax.Array,
   aug = config.augment
   warped = augment.random_affine(_augment_key(state), x, aug.degrees,
                                  aug.translate, aug.interpolation)
-  if augmented_steps is not None:
-    warped = jnp.where(state.step < augmented_steps, warped, x)
-  x = warped
+  x = (warped if augmented_steps is None
+       else jnp.where(state.step < augmented_steps, warped, x))
   # Without the barrier XLA fuses the warp into conv1's input and the V36 step
   # runs 1.25x slower on CPU (docs/performance.md).
   x = jax.lax.optimization_barrier(normalize(x, config.mean, config.std))

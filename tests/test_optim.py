@@ -138,17 +138,13 @@ def _torch_onecycle(config, total_steps):
 def test_sgd_onecycle_weight_decay_matches_torch(nesterov):
   config = v36.get_config()
   config.num_epochs, config.optimizer.weight_decay = 2, 1e-2
+  torch_sgd = lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2,
+                                         nesterov=nesterov)
   config.optimizer.nesterov = nesterov
-  _parity(config, 50,
-          lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2,
-                                     nesterov=nesterov),
-          _torch_onecycle(config, 100))
+  _parity(config, 50, torch_sgd, _torch_onecycle(config, 100))
   config.optimizer.nesterov = not nesterov
   with pytest.raises(AssertionError):  # the comparison tells the two apart
-    _parity(config, 50,
-            lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2,
-                                       nesterov=nesterov),
-            _torch_onecycle(config, 100))
+    _parity(config, 50, torch_sgd, _torch_onecycle(config, 100))
 
 
 def test_sgd_fixed_momentum_matches_torch():
