@@ -7,8 +7,10 @@ PIP     := $(PY) -m pip install -q --disable-pip-version-check
 TORCH   ?= torch==2.13.0
 CONFIG  ?= configs/v36.py
 WORKDIR ?= workdirs/$(basename $(notdir $(CONFIG)))
-# Local IDX files when present (MNIST_DIR, or ../shared/mnist); else TFDS.
+# Local IDX files when present (MNIST_DIR, or ../shared/mnist); else TFDS, whose
+# first download needs the tfds extra (TensorFlow included). IDX files need neither.
 DATA_DIR ?= $(or $(MNIST_DIR),$(wildcard ../shared/mnist))
+CORE    := $(VENV)/.core$(if $(DATA_DIR),,-tfds)
 ARGS    ?=
 
 .PHONY: train test clean
@@ -21,12 +23,16 @@ $(VENV)/.core: pyproject.toml | $(PY)
 	$(PIP) -e .
 	touch $@
 
+$(VENV)/.core-tfds: pyproject.toml | $(PY)
+	$(PIP) -e '.[tfds]'
+	touch $@ $(VENV)/.core
+
 $(VENV)/.test: pyproject.toml | $(PY)
 	$(PIP) '$(TORCH)'
 	$(PIP) -e '.[test]'
 	touch $@ $(VENV)/.core
 
-train: $(VENV)/.core
+train: $(CORE)
 	$(PY) -m mnist_flax.main --config=$(CONFIG) --workdir=$(WORKDIR) \
 	  $(if $(DATA_DIR),--config.data_dir=$(DATA_DIR)) $(ARGS)
 

@@ -1,7 +1,7 @@
 import gzip
 import os
 import shutil
-import time
+import sys
 
 import numpy as np
 import pytest
@@ -137,21 +137,11 @@ def test_mnist_files_offered_as_another_dataset(mnist_dir):
     data.load_idx_dir(mnist_dir, 'fashion_mnist')
 
 
-@pytest.mark.parametrize('name', sorted(data.DATASETS))
-def test_tfds_path_under_mock_data(name, monkeypatch, tmp_path):
-  tfds = pytest.importorskip('tensorflow_datasets')
-  monkeypatch.setattr(data, '_online', lambda: True)
-  with tfds.testing.mock_data(num_examples=12):
-    ds = data.load_tfds(name, str(tmp_path))
-  assert ds.train_images.shape == (12, 28, 28)
-  assert ds.train_images.dtype == np.uint8
-  assert ds.test_labels.dtype == np.int32 and ds.test_labels.max() < 10
-
-
-def test_tfds_offline_fails_fast(monkeypatch, tmp_path):
-  monkeypatch.setattr(data, '_online', lambda: False)
-  start = time.time()
-  with pytest.raises(DataError, match='no network and mnist is not in the TFDS '
-                     'data dir.*--config.data_dir'):
+@pytest.mark.parametrize('missing', ['tensorflow', 'tensorflow_datasets'])
+def test_tfds_path_names_its_extra(missing, monkeypatch, tmp_path):
+  # The TFDS path under mock_data, with TensorFlow: tests/test_install.py.
+  monkeypatch.setitem(sys.modules, missing, None)  # import fails, as uninstalled
+  with pytest.raises(DataError, match=r"^the TFDS data path needs TensorFlow Datasets and "
+                     rf"TensorFlow \(.*{missing}.*\): pip install 'mnist_flax\[tfds\]', "
+                     r'or pass --config.data_dir=DIR with the four IDX files$'):
     data.load('mnist', tfds_data_dir=str(tmp_path))
-  assert time.time() - start < 10
