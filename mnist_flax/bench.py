@@ -26,7 +26,7 @@ from absl import flags
 import jax
 import numpy as np
 
-from mnist_flax import compare, data, models, optim, parallel, torch_interop, train
+from mnist_flax import compare, data, epoch_loop, jit_steps, models, optim, parallel, torch_interop
 from mnist_flax.errors import UserError
 
 CONFIGS = {'v36': 'configs/v36.py', 'model1': 'configs/model1.py',
@@ -73,18 +73,18 @@ class Ours:
   def __init__(self, config, images: np.ndarray, labels: np.ndarray):
     self.config = config
     model = models.create_model(config.model)
-    self.batches = train.batch_starts(len(images), config.batch_size)
+    self.batches = epoch_loop.batch_starts(len(images), config.batch_size)
     self.optimizer = optim.create_optimizer(config, len(self.batches))
     self.mesh = parallel.create_mesh()
     replicated = parallel.replicated(self.mesh)
-    self.state = jax.jit(lambda k: train.create_train_state(model, self.optimizer.tx, k),
+    self.state = jax.jit(lambda k: jit_steps.create_train_state(model, self.optimizer.tx, k),
                          out_shardings=replicated)(jax.random.key(0))
-    self.steps = train.make_steps(model, self.optimizer.tx, config, len(self.batches),
+    self.steps = epoch_loop.make_steps(model, self.optimizer.tx, config, len(self.batches),
                                   self.mesh)
     self.images, self.labels = parallel.put((images, labels), replicated)
-    self.perm = jax.jit(lambda r: train.epoch_permutation(r, 1, len(images)))(self.state.rng)
-    self.metrics = train.zero_metrics()
-    self.lockstep = train.needs_lockstep(self.mesh)
+    self.perm = jax.jit(lambda r: jit_steps.epoch_permutation(r, 1, len(images)))(self.state.rng)
+    self.metrics = jit_steps.zero_metrics()
+    self.lockstep = epoch_loop.needs_lockstep(self.mesh)
 
   def first_step_s(self) -> float:
     start = time.perf_counter()
@@ -96,7 +96,7 @@ class Ours:
                 self.config.batch_size) for i in range(n)])
 
   def _run(self, plan: list[tuple[list[int], int]]) -> None:
-    self.state, self.metrics = train.train_epoch(
+    self.state, self.metrics = epoch_loop.train_epoch(
         self.steps, self.state, self.metrics, self.images, self.labels, self.perm,
         plan, self.lockstep)
     jax.block_until_ready(self.metrics)
@@ -106,12 +106,12 @@ class Ours:
 
   def epoch_s(self) -> float:
     """A whole epoch, the permutation included; every shape compiled before."""
-    plan = train.dispatch_plan(self.batches, self.config.batch_size,
+    plan = epoch_loop.dispatch_plan(self.batches, self.config.batch_size,
                                self.config.steps_per_dispatch)
     self._run([p for p in plan if p[1] != self.config.batch_size])
     start = time.perf_counter()
-    perm = jax.jit(lambda r: train.epoch_permutation(r, 2, len(self.perm)))(self.state.rng)
-    self.state, self.metrics = train.train_epoch(
+    perm = jax.jit(lambda r: jit_steps.epoch_permutation(r, 2, len(self.perm)))(self.state.rng)
+    self.state, self.metrics = epoch_loop.train_epoch(
         self.steps, self.state, self.metrics, self.images, self.labels, perm, plan,
         self.lockstep)
     jax.block_until_ready(self.metrics)
@@ -121,8 +121,8 @@ class Ours:
     batches = [parallel.put(b, parallel.batch_sharded(self.mesh)) for b in
                parallel.padded_batches(images, labels, self.config.eval_batch_size,
                                        self.mesh.size)]
-    jax.block_until_ready(train.evaluate(self.steps.eval, self.state, batches))
-    return _rate(lambda: [train.evaluate(self.steps.eval, self.state, batches)
+    jax.block_until_ready(epoch_loop.evaluate(self.steps.eval, self.state, batches))
+    return _rate(lambda: [epoch_loop.evaluate(self.steps.eval, self.state, batches)
                           for _ in range(repeats)], repeats, len(images))
 
 

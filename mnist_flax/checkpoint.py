@@ -22,6 +22,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
+from mnist_flax import jit_steps, models, optim
 from mnist_flax.config import base_config
 from mnist_flax.errors import UserError
 
@@ -196,3 +197,24 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   config = base_config()
   config.update(saved)
   return config
+
+
+def load_checkpoint(workdir: str, which: str = 'latest'
+                    ) -> tuple[ml_collections.ConfigDict, models.Net, Restored]:
+  """A trained workdir's config, model and checkpoint ('latest', 'best', STEP)."""
+  config = load_config(workdir)
+  model = models.create_model(config.model, config.init)
+  # A template with the saved structure; the schedule's length is irrelevant.
+  tx = optim.create_optimizer(config, steps_per_epoch=1).tx
+  template = jit_steps.create_train_state(model, tx, jax.random.key(0),
+                                      ema=jit_steps.keeps_ema(config))
+  ckpts = Checkpoints(workdir, read_only=True)
+  step = ckpts.select(which)
+  try:
+    return config, model, ckpts.restore(step, template)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(
+        f'checkpoint {step} in {ckpts.directory} is unreadable '
+        f'({type(e).__name__}); choose another with --checkpoint') from None
+  finally:
+    ckpts.close()

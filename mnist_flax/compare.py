@@ -26,7 +26,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from mnist_flax import data, models, optim, torch_interop, train
+from mnist_flax import data, epoch_loop, jit_steps, models, optim, report, torch_interop, train
 from mnist_flax.errors import UserError
 
 
@@ -102,7 +102,7 @@ def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
   torch.manual_seed(config.seed)
   generator = torch.Generator().manual_seed(config.seed)
   net = torch_interop.torch_model(config.model).to(device)
-  batches = train.batch_starts(len(ds.train_images), config.batch_size)
+  batches = epoch_loop.batch_starts(len(ds.train_images), config.batch_size)
   optimizer, scheduler = torch_optimizer(torch, config, net.parameters(), len(batches))
   evaluated = net
   if config.ema_decay:
@@ -113,7 +113,7 @@ def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
   labels = torch.from_numpy(ds.train_labels).long().to(device)
   test_x = ((torch_inputs(torch, ds.test_images) - config.mean) / config.std).to(device)
   test_y = torch.from_numpy(ds.test_labels).long().to(device)
-  augmented_epochs = train.augmented_epochs(config)
+  augmented_epochs = epoch_loop.augmented_epochs(config)
   history = []
   for epoch in range(1, config.num_epochs + 1):
     net.train()
@@ -143,7 +143,7 @@ def _identical_inputs(config: ml_collections.ConfigDict, ds: data.Dataset, steps
   """Identical start's config (no augmentation), first batches, epoch length, order."""
   config = copy.deepcopy(config)
   config.augment.degrees = config.augment.translate = 0.0
-  all_batches = train.batch_starts(len(ds.train_images), config.batch_size)
+  all_batches = epoch_loop.batch_starts(len(ds.train_images), config.batch_size)
   perm = np.random.default_rng(config.seed).permutation(len(ds.train_images))
   return config, all_batches[:steps], len(all_batches), perm
 
@@ -187,14 +187,14 @@ def identical_start(config: ml_collections.ConfigDict, ds: data.Dataset,
     model = models.create_model(config.model)
     tx = optim.create_optimizer(config, steps_per_epoch).tx
     params = jax.tree.map(jnp.asarray, variables['params'])
-    state = train.create_train_state(model, tx, jax.random.key(config.seed)).replace(
+    state = jit_steps.create_train_state(model, tx, jax.random.key(config.seed)).replace(
         params=params, opt_state=tx.init(params),
         batch_stats=jax.tree.map(jnp.asarray, variables['batch_stats']))
-    step_fn = train.make_steps(model, tx, config, steps_per_epoch).train
+    step_fn = epoch_loop.make_steps(model, tx, config, steps_per_epoch).train
     images, labels, jperm = jax.device_put((ds.train_images, ds.train_labels, perm))
     jax_losses = []
     for start, size in batches:
-      state, m = step_fn(state, train.zero_metrics(), images, labels, jperm, start,
+      state, m = step_fn(state, jit_steps.zero_metrics(), images, labels, jperm, start,
                          batch_size=size)
       jax_losses.append(float(m['loss'] / m['count']))
   return np.array(jax_losses), _torch_losses(torch, net, config, ds, batches,
@@ -221,7 +221,7 @@ def torch_on_threads(config: ml_collections.ConfigDict, ds: data.Dataset,
 
 
 def _summary(history: list[dict[str, Any]]) -> tuple[float, float]:
-  analysis = train.final_analysis(history, 0.0)
+  analysis = report.final_analysis(history, 0.0)
   return analysis['final3_average'], analysis['best_accuracy']
 
 

@@ -14,7 +14,7 @@ from absl import flags
 import jax
 import jax.numpy as jnp
 
-from mnist_flax import checkpoint, models, optim, torch_interop, train
+from mnist_flax import checkpoint, jit_steps, models, optim, torch_interop
 from mnist_flax.config import base_config
 from mnist_flax.errors import UserError
 
@@ -32,7 +32,7 @@ def from_torch(path: str, model_name: str, workdir: str, data_dir: str = '') -> 
     config.model, config.data_dir = model_name, data_dir
     model = models.create_model(model_name)
     tx = optim.create_optimizer(config, steps_per_epoch=1).tx
-    state = train.create_train_state(model, tx, jax.random.key(config.seed))
+    state = jit_steps.create_train_state(model, tx, jax.random.key(config.seed))
     state = state.replace(params=jax.tree.map(jnp.asarray, variables['params']),
                           batch_stats=jax.tree.map(jnp.asarray, variables['batch_stats']))
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
@@ -47,7 +47,7 @@ def from_torch(path: str, model_name: str, workdir: str, data_dir: str = '') -> 
 def to_torch(workdir: str, out: str, which: str = 'latest') -> None:
   """Saves a checkpoint's weights as a PyTorch state_dict file."""
   torch = torch_interop.require_torch()
-  config, _, restored = train.load_checkpoint(workdir, which)
+  config, _, restored = checkpoint.load_checkpoint(workdir, which)
   variables = jax.device_get(restored.state.eval_variables)
   tracked = restored.meta.get('num_batches_tracked', int(restored.state.step))
   torch.save(torch_interop.to_state_dict(config.model, variables, tracked), out)

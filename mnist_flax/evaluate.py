@@ -11,7 +11,7 @@ from absl import flags
 import jax
 import numpy as np
 
-from mnist_flax import checkpoint, data, train
+from mnist_flax import checkpoint, data, jit_steps
 from mnist_flax.errors import UserError
 
 
@@ -19,13 +19,13 @@ def evaluate_checkpoint(workdir: str, which: str = 'latest',
                         data_dir: str | None = None
                         ) -> tuple[dict, np.ndarray, data.Dataset]:
   """Test metrics and logits of a checkpoint, and the run's dataset."""
-  config, model, restored = train.load_checkpoint(workdir, which)
+  config, model, restored = checkpoint.load_checkpoint(workdir, which)
   if data_dir is not None:
     config.data_dir = data_dir
   ds = data.load_for(config)
   variables = restored.state.eval_variables
   apply = jax.jit(lambda x: model.apply(
-      variables, train.normalize(x, config.mean, config.std), train=False))
+      variables, jit_steps.normalize(x, config.mean, config.std), train=False))
   size = config.eval_batch_size
   logits = np.concatenate([np.asarray(apply(ds.test_images[i:i + size]))
                            for i in range(0, len(ds.test_images), size)])

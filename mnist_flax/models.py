@@ -127,3 +127,8 @@ def create_model(name: str, init: str = 'torch') -> Net:
 def init_variables(model: Net, key: jax.Array) -> dict[str, Any]:
   """{'params': ..., 'batch_stats': ...} for a single 28x28x1 input."""
   return model.init(key, jnp.zeros((1, *arch.INPUT_SHAPE)), train=False)
+
+
+def num_params(params: Any) -> int:
+  """The number of parameters in a params pytree."""
+  return sum(math.prod(p.shape) for p in jax.tree.leaves(params))

@@ -21,7 +21,7 @@ matplotlib.use('Agg')  # files only; no display needed
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from mnist_flax import architectures, checkpoint, evaluate, train
+from mnist_flax import architectures, checkpoint, evaluate, report
 from mnist_flax.errors import UserError
 
 # What the seed documents report (final-3 average), drawn beside our runs.
@@ -110,8 +110,8 @@ def seed_results(workdirs: list[str]) -> list[dict]:
   rows = []
   for run in seed_dirs(workdirs):
     config = checkpoint.load_config(run)
-    final3 = train.final_analysis(read_history(run), config.target_accuracy)
-    rows.append({'model': config.model, 'split': train.eval_split(config),
+    final3 = report.final_analysis(read_history(run), config.target_accuracy)
+    rows.append({'model': config.model, 'split': report.eval_split(config),
                  'seed': int(config.seed),
                  # float32 accuracies: 4 decimals hold all there is (1/300 %).
                  'final3': round(final3['final3_average'], 4)})

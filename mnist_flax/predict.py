@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from PIL import Image
 
-from mnist_flax import checkpoint, train
+from mnist_flax import checkpoint, jit_steps
 from mnist_flax.errors import UserError
 
 
@@ -49,8 +49,8 @@ def predict(workdir: str, paths: list[str], which: str = 'latest'
             ) -> list[tuple[str, int, float]]:
   """(path, digit, probability) for each image."""
   images = np.stack([load_image(p) for p in paths])
-  config, model, restored = train.load_checkpoint(workdir, which)
-  logits = model.apply(restored.state.eval_variables, train.normalize(images, config.mean, config.std),
+  config, model, restored = checkpoint.load_checkpoint(workdir, which)
+  logits = model.apply(restored.state.eval_variables, jit_steps.normalize(images, config.mean, config.std),
                        train=False)
   probs = np.asarray(jax.nn.softmax(logits))
   return [(p, int(pr.argmax()), float(pr.max())) for p, pr in zip(paths, probs)]

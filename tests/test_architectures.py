@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mnist_flax import architectures as arch
-from mnist_flax import models, summary, train
+from mnist_flax import models, summary
 from mnist_flax.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -23,7 +23,7 @@ def test_param_counts_match_the_seeds(name, count):
   assert arch.param_count(network) == count
   variables = models.init_variables(models.create_model(name), jax.random.key(0))
   # The Flax module holds exactly the parameters the spec counts.
-  assert train.num_params(variables['params']) == count
+  assert models.num_params(variables['params']) == count
 
 
 @pytest.mark.parametrize('name', SEED_COUNTS)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_flax import checkpoint, data, evaluate, predict, train
+from mnist_flax import checkpoint, data, evaluate, jit_steps, predict, train
 from conftest import small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -152,13 +152,13 @@ def test_checkpoint_from_before_the_ema_field_restores(tmp_path):
     rng: jax.Array
 
   tx = optim.create_optimizer(v36.get_config(), steps_per_epoch=1).tx
-  state = train.create_train_state(models.create_model('v36'), tx, jax.random.key(3))
+  state = jit_steps.create_train_state(models.create_model('v36'), tx, jax.random.key(3))
   old = OldTrainState(step=state.step + 5, params=state.params, batch_stats=state.batch_stats,
                       opt_state=state.opt_state, rng=jax.random.key_data(state.rng))
   with ocp.CheckpointManager(tmp_path / 'checkpoints') as manager:
     manager.save(5, args=ocp.args.Composite(state=ocp.args.StandardSave(old),
                                             meta=ocp.args.JsonSave({'epoch': 1, 'history': []})))
-  template = train.create_train_state(models.create_model('v36'), tx, jax.random.key(0))
+  template = jit_steps.create_train_state(models.create_model('v36'), tx, jax.random.key(0))
   restored = checkpoint.Checkpoints(str(tmp_path), read_only=True).restore(5, template)
   assert int(restored.state.step) == 5 and restored.state.ema is None
   np.testing.assert_array_equal(jax.random.key_data(restored.state.rng),

@@ -48,7 +48,7 @@ def _train(workdir, data_dir, *flags):
 
 
 def _params(workdir):
-  _, _, restored = train.load_checkpoint(str(workdir))
+  _, _, restored = checkpoint.load_checkpoint(str(workdir))
   assert restored.step == STEPS
   return restored.state.variables
 
@@ -154,11 +154,11 @@ def test_k_seeds_at_once_equal_k_single_runs(fake_mnist_dir, tmp_path, capsys, h
   assert len({r.history[-1]['train_loss'] for r in results}) == 3
   with pytest.raises(checkpoint.CheckpointError,
                      match=r'holds a run of 3 seeds: choose one with --workdir=.*seed_6'):
-    train.load_checkpoint(str(tmp_path / 'k'))
+    checkpoint.load_checkpoint(str(tmp_path / 'k'))
 
 
 def _variables(workdir):
-  return train.load_checkpoint(str(workdir))[2].state.variables
+  return checkpoint.load_checkpoint(str(workdir))[2].state.variables
 
 
 def test_k_seeds_resume_from_the_last_epoch_every_seed_saved(fake_mnist_dir, tmp_path):

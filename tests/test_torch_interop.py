@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from mnist_flax import architectures as arch
-from mnist_flax import convert, data, evaluate, models, torch_interop, train
+from mnist_flax import convert, data, evaluate, jit_steps, models, torch_interop
 from mnist_flax.errors import UserError
 
 torch = pytest.importorskip('torch')
@@ -49,7 +49,7 @@ def test_converted_logits_equal_torch_on_real_images(name, mnist_dir):
   variables, tracked = torch_interop.from_state_dict(name, net.state_dict())
   assert tracked == 5
   logits = models.create_model(name).apply(
-      variables, train.normalize(jnp.asarray(images), 0.1307, 0.3081), train=False)
+      variables, jit_steps.normalize(jnp.asarray(images), 0.1307, 0.3081), train=False)
   got = np.asarray(jax.nn.log_softmax(logits))
   assert np.abs(got - want).max() <= 1e-4
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_flax import models, optim, train
+from mnist_flax import epoch_loop, jit_steps, models, optim, report, train
 from configs import v36
 from conftest import small_config
 
@@ -47,24 +47,24 @@ def test_partial_last_batch_and_metric_files(fake_config, tmp_path):
 def test_final_analysis():
   history = [{'epoch': e, 'test_accuracy': a}
              for e, a in enumerate([99.0, 99.5, 99.42, 99.40, 99.44], 1)]
-  result = train.final_analysis(history, 99.4)
+  result = report.final_analysis(history, 99.4)
   assert result['final3'] == [99.42, 99.40, 99.44]
   assert result['final3_average'] == pytest.approx(99.42)
   assert result['success'] and result['best_epoch'] == 2
-  assert not train.final_analysis(history[:3], 99.4)['success']
-  assert 'STATUS: SUCCESS' in train.format_analysis(result)
+  assert not report.final_analysis(history[:3], 99.4)['success']
+  assert 'STATUS: SUCCESS' in report.format_analysis(result)
 
 
 def test_train_step_updates_params_batch_stats_and_step():
   config = v36.get_config()
   model = models.create_model('v36')
   opt = optim.create_optimizer(config, steps_per_epoch=10)
-  state = train.create_train_state(model, opt.tx, jax.random.key(0))
+  state = jit_steps.create_train_state(model, opt.tx, jax.random.key(0))
   before = jax.device_get(state)
-  steps = train.make_steps(model, opt.tx, config, steps_per_epoch=10)
+  steps = epoch_loop.make_steps(model, opt.tx, config, steps_per_epoch=10)
   images = jax.random.randint(jax.random.key(1), (32, 28, 28), 0, 256).astype('uint8')
   labels = jax.random.randint(jax.random.key(2), (32,), 0, 10)
-  state, metrics = steps.train(state, train.zero_metrics(), images, labels,
+  state, metrics = steps.train(state, jit_steps.zero_metrics(), images, labels,
                                jax.numpy.arange(32), 0, batch_size=32)
   assert int(state.step) == 1 and float(metrics['count']) == 32
   changed = lambda a, b: not np.allclose(a, b)
@@ -87,15 +87,15 @@ def test_clean_epochs_train_on_unaugmented_images():
   def step(state, config):
     config.num_epochs = 2
     tx = optim.create_optimizer(config, steps_per_epoch=1).tx
-    steps = train.make_steps(model, tx, config, steps_per_epoch=1)
-    return steps.train(jax.tree.map(jnp.copy, state), train.zero_metrics(), images,
+    steps = epoch_loop.make_steps(model, tx, config, steps_per_epoch=1)
+    return steps.train(jax.tree.map(jnp.copy, state), jit_steps.zero_metrics(), images,
                        labels, jnp.arange(32), 0, batch_size=32)[0]
 
   clean, always, never = v36.get_config(), v36.get_config(), v36.get_config()
   clean.augment.clean_epochs = 1
   never.augment.degrees = never.augment.translate = 0.0
   tx = optim.create_optimizer(clean, steps_per_epoch=1).tx
-  state = train.create_train_state(model, tx, jax.random.key(0))
+  state = jit_steps.create_train_state(model, tx, jax.random.key(0))
   close = functools.partial(np.testing.assert_allclose, rtol=1e-5, atol=1e-8)
   same = lambda a, b: jax.tree.map(close, a.params, b.params)
   first = step(state, clean)
@@ -136,7 +136,7 @@ def test_cross_entropy_matches_torch_label_smoothing(smoothing):
   labels = rng.integers(0, 10, 64)
   want = torch.nn.CrossEntropyLoss(reduction='none', label_smoothing=smoothing)(
       torch.from_numpy(logits), torch.from_numpy(labels)).numpy()
-  got = train.cross_entropy(logits, labels, smoothing)
+  got = jit_steps.cross_entropy(logits, labels, smoothing)
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
@@ -147,11 +147,11 @@ def test_ema_of_variables_equals_torch_averaged_model(fake_mnist_dir, tmp_path):
   config.ema_decay = 0.9
   model = models.create_model('v36')
   opt = optim.create_optimizer(config, steps_per_epoch=10)
-  state = train.create_train_state(model, opt.tx, jax.random.key(0), ema=True)
-  steps = train.make_steps(model, opt.tx, config, steps_per_epoch=10)
+  state = jit_steps.create_train_state(model, opt.tx, jax.random.key(0), ema=True)
+  steps = epoch_loop.make_steps(model, opt.tx, config, steps_per_epoch=10)
   images = jax.random.randint(jax.random.key(1), (64, 28, 28), 0, 256).astype('uint8')
   labels = jax.random.randint(jax.random.key(2), (64,), 0, 10)
-  metrics = train.zero_metrics()
+  metrics = jit_steps.zero_metrics()
   swa = torch.optim.swa_utils
   net = torch_interop.torch_model('v36')
   averaged = swa.AveragedModel(net, multi_avg_fn=swa.get_ema_multi_avg_fn(0.9),

@@ -1,0 +1,172 @@
+"""An epoch of jitted steps: batches grouped into dispatches, seeds trained at
+once, and evaluation over pre-batched test data.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from mnist_flax import models, parallel
+from mnist_flax.errors import ConfigError, unknown
+from mnist_flax.jit_steps import Metrics, TrainState, add_metrics, eval_step, train_step
+
+
+def batch_starts(num_examples: int, batch_size: int) -> list[tuple[int, int]]:
+  """(start, size) of each batch of an epoch; the last may be smaller, as with
+  PyTorch's DataLoader (drop_last=False)."""
+  return [(s, min(batch_size, num_examples - s))
+          for s in range(0, num_examples, batch_size)]
+
+
+def dispatch_plan(batches: list[tuple[int, int]], batch_size: int,
+                   per_dispatch: int) -> list[tuple[list[int], int]]:
+  """Groups an epoch's batches into (starts, size) dispatches: up to
+  `per_dispatch` full batches each; a smaller last batch goes alone."""
+  if per_dispatch < 1:
+    raise ConfigError(f'steps_per_dispatch must be >= 1, not {per_dispatch}')
+  full = [start for start, size in batches if size == batch_size]
+  plan = [(full[i:i + per_dispatch], batch_size)
+          for i in range(0, len(full), per_dispatch)]
+  return plan + [([start], size) for start, size in batches if size != batch_size]
+
+
+SEED_PARALLELISM = ('auto', 'vmap', 'unroll')
+
+
+def seed_parallelism(name: str, mesh: jax.sharding.Mesh | None) -> str:
+  """'vmap' or 'unroll' for the config's choice; 'auto' unrolls on CPU."""
+  if name not in SEED_PARALLELISM:
+    raise unknown('seed_parallelism', name, SEED_PARALLELISM)
+  if name != 'auto':
+    return name
+  devices = mesh.devices.flat if mesh is not None else jax.devices()
+  return 'unroll' if next(iter(devices)).platform == 'cpu' else 'vmap'
+
+
+def over_seeds(fn: Callable[..., Any], in_axes: tuple[int | None, ...],
+               how: str) -> Callable[..., Any]:
+  """`fn` over the leading seed axis of the arguments whose in_axes is 0.
+
+  'vmap' batches the seeds into one computation. 'unroll' traces `fn` once per
+  seed into the same program: on XLA CPU that trains V36 2.5-4x faster, since
+  vmapped per-seed weights turn each convolution into a grouped one, which XLA
+  CPU runs slowly (docs/performance.md).
+  """
+  if how == 'vmap':
+    return jax.vmap(fn, in_axes=in_axes)
+
+  def unrolled(*args):
+    k = next(len(jax.tree.leaves(a)[0]) for a, ax in zip(args, in_axes) if ax == 0)
+    outs = [fn(*(jax.tree.map(lambda x: x[i], a) if ax == 0 else a
+                 for a, ax in zip(args, in_axes))) for i in range(k)]
+    return stack(outs)
+
+  return unrolled
+
+
+def stack(trees: list[Any]) -> Any:
+  """Trees of equal structure -> one tree with a leading seed axis."""
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *trees)
+
+
+def unstack(tree: Any, k: int) -> Any:
+  """Seed `k` of a stacked tree."""
+  return jax.tree.map(lambda x: x[k], tree)
+
+
+class Steps(NamedTuple):
+  train: Callable[..., tuple[TrainState, Metrics]]
+  eval: Callable[..., Metrics]
+  # Like `train` but over an array of batch starts, one dispatch for them all.
+  train_many: Callable[..., tuple[TrainState, Metrics]]
+
+
+def augmented_epochs(config: ml_collections.ConfigDict) -> int:
+  """How many leading epochs train on augmented images (all but clean_epochs)."""
+  clean = config.augment.clean_epochs
+  if not 0 <= clean <= config.num_epochs:
+    raise ConfigError(f'augment.clean_epochs must be between 0 and num_epochs '
+                      f'({config.num_epochs}), not {clean}')
+  return config.num_epochs - clean
+
+
+def make_steps(model: models.Net, tx: optax.GradientTransformation,
+               config: ml_collections.ConfigDict, steps_per_epoch: int,
+               mesh: jax.sharding.Mesh | None = None,
+               stacked: bool = False) -> Steps:
+  """Jitted train and eval steps; the train steps donate state and metrics.
+
+  `mesh`: batches split across its devices. `stacked`: state, metrics and perm
+  carry a leading seed axis and every seed trains at once (`over_seeds`).
+  """
+  sharding = parallel.batch_sharded(mesh) if mesh is not None else None
+  how = seed_parallelism(config.seed_parallelism, mesh)
+  # None keeps the program of a run without clean epochs as it was.
+  augmented_steps = (augmented_epochs(config) * steps_per_epoch
+                     if config.augment.clean_epochs else None)
+
+  def step(state, metrics, images, labels, perm, start, *, batch_size):
+    fn = functools.partial(train_step, batch_size=batch_size, model=model,
+                           tx=tx, config=config, augmented_steps=augmented_steps,
+                           batch_sharding=sharding)
+    if stacked:
+      fn = over_seeds(fn, (0, 0, None, None, 0, None), how)
+    return fn(state, metrics, images, labels, perm, start)
+
+  evaluate_ = functools.partial(eval_step, model=model, config=config)
+  if stacked:
+    evaluate_ = over_seeds(evaluate_, (0, None, None), how)
+
+  def many(state, metrics, images, labels, perm, starts, *, batch_size):
+    def body(carry, start):
+      return step(*carry, images, labels, perm, start, batch_size=batch_size), None
+    return jax.lax.scan(body, (state, metrics), starts)[0]
+
+  jit = functools.partial(jax.jit, static_argnames='batch_size',
+                          donate_argnums=(0, 1))
+  return Steps(jit(step), jax.jit(evaluate_), jit(many))
+
+
+def needs_lockstep(mesh: jax.sharding.Mesh) -> bool:
+  """XLA's CPU collectives deadlock (a rendezvous timeout, then abort) when
+  several multi-device steps are in flight (seen with jax 0.10.2 on 2 cores);
+  one at a time costs little, as each step is milliseconds of compute."""
+  return mesh.size > 1 and mesh.devices.flat[0].platform == 'cpu'
+
+
+def train_epoch(steps: Steps, state: TrainState, metrics: Metrics,
+                images: jax.Array, labels: jax.Array, perm: jax.Array,
+                plan: list[tuple[list[int], int]], lockstep: bool = False,
+                progress: Callable[[int, Metrics], None] | None = None
+                ) -> tuple[TrainState, Metrics]:
+  """Runs the dispatches of `plan` (see `dispatch_plan`) over one epoch."""
+  done = 0
+  for starts, size in plan:
+    if len(starts) == 1:
+      state, metrics = steps.train(state, metrics, images, labels, perm, starts[0],
+                                   batch_size=size)
+    else:
+      state, metrics = steps.train_many(state, metrics, images, labels, perm,
+                                        np.asarray(starts, np.int32), batch_size=size)
+    if lockstep:
+      jax.block_until_ready(metrics)
+    done += len(starts)
+    if progress:
+      progress(done, metrics)
+  return state, metrics
+
+
+def evaluate(eval_fn: Callable[..., Metrics], state: TrainState,
+             batches: list[tuple[jax.Array, jax.Array]]) -> Metrics:
+  """Summed test metrics over pre-batched data (per seed when stacked)."""
+  totals = eval_fn(state, *batches[0])
+  for images, labels in batches[1:]:
+    totals = add_metrics(totals, eval_fn(state, images, labels))
+  return jax.device_get(totals)

@@ -1,0 +1,85 @@
+"""What a run reports: per-epoch means, the seeds' final-3 analysis, and the
+metrics files (metrics.jsonl and TensorBoard events).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import ml_collections
+
+from mnist_flax.jit_steps import Metrics
+
+
+def means(totals: Metrics) -> dict[str, float]:
+  """Mean loss, accuracy (%), correct and total count from summed metrics."""
+  return {'loss': float(totals['loss'] / totals['count']),
+          'accuracy': float(100 * totals['correct'] / totals['count']),
+          'correct': int(totals['correct']), 'count': int(totals['count'])}
+
+
+def final_analysis(history: list[dict[str, Any]], target: float) -> dict[str, Any]:
+  """The seeds' "final 3 epochs analysis", plus the best epoch."""
+  last3 = [h['test_accuracy'] for h in history[-3:]]
+  best = max(history, key=lambda h: h['test_accuracy'])
+  average = float(np.mean(last3))
+  return {'final3': last3, 'final3_average': average,
+          'best_accuracy': best['test_accuracy'], 'best_epoch': best['epoch'],
+          'target': target, 'success': average >= target}
+
+
+def eval_split(config: ml_collections.ConfigDict) -> str:
+  """What the per-epoch evaluation measures: 'validation' or 'test'."""
+  return 'validation' if config.validation_examples else 'test'
+
+
+def format_analysis(result: dict[str, Any], split: str = 'test') -> str:
+  status = 'SUCCESS' if result['success'] else 'FAIL'
+  return '\n'.join([
+      '=' * 50, 'FINAL 3 EPOCHS ANALYSIS',
+      f'{split.capitalize()} accuracies: {[round(a, 2) for a in result["final3"]]}',
+      f'Average accuracy: {result["final3_average"]:.3f}%',
+      f'Best accuracy: {result["best_accuracy"]:.2f}% (epoch {result["best_epoch"]})',
+      f'STATUS: {status} (target: average >= {result["target"]:.2f}%)',
+      '=' * 50])
+
+
+def format_seeds(analyses: list[dict[str, Any]], seeds: list[int]) -> str:
+  """Per-seed final-3 averages and best, with their mean and std."""
+  averages = np.array([a['final3_average'] for a in analyses])
+  lines = ['seed  final-3 avg   best']
+  lines += [f'{s:4d}  {a["final3_average"]:10.3f}%  {a["best_accuracy"]:.2f}%'
+            for s, a in zip(seeds, analyses)]
+  lines.append(f'mean  {averages.mean():10.3f}%  (std {averages.std(ddof=1):.3f}, '
+               f'{len(seeds)} seeds)')
+  return '\n'.join(lines)
+
+
+class MetricWriter:
+  """Per-epoch metrics to WORKDIR/metrics.jsonl and TensorBoard event files.
+
+  metrics.jsonl is rewritten from `history` on open, so after a resume it holds
+  exactly the epochs of the checkpoint resumed from, then the new ones.
+  """
+
+  def __init__(self, workdir: str, history: list[dict[str, Any]]):
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'w')
+    for record in history:
+      self._jsonl.write(json.dumps(record) + '\n')
+    self._tb = SummaryWriter(workdir)
+
+  def write(self, record: dict[str, Any]) -> None:
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    for key, value in record.items():
+      if key not in ('epoch', 'step'):
+        self._tb.add_scalar(key, value, record['epoch'])
+    self._tb.flush()
+
+  def close(self) -> None:
+    self._jsonl.close()
+    self._tb.close()
