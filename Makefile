@@ -1,5 +1,6 @@
 # make train: create .venv, install, train the default model (configs/v36.py).
 # make test:  create .venv, install with the test extra, run the whole suite.
+# make tensorboard: install TensorBoard into .venv once, and serve workdirs/ (LOGDIR=DIR).
 VENV    := .venv
 PY      := $(VENV)/bin/python
 PIP     := $(PY) -m pip install -q --disable-pip-version-check
@@ -12,8 +13,9 @@ WORKDIR ?= workdirs/$(basename $(notdir $(CONFIG)))
 DATA_DIR ?= $(or $(MNIST_DIR),$(wildcard ../shared/mnist))
 CORE    := $(VENV)/.core$(if $(DATA_DIR),,-tfds)
 ARGS    ?=
+LOGDIR  ?= workdirs
 
-.PHONY: train test clean
+.PHONY: train test tensorboard clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -38,6 +40,13 @@ train: $(CORE)
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q -ra tests
+
+$(VENV)/.tensorboard: | $(PY)
+	$(PIP) tensorboard
+	touch $@
+
+tensorboard: $(VENV)/.tensorboard
+	$(VENV)/bin/tensorboard --logdir $(LOGDIR)
 
 clean:
 	rm -rf $(VENV) workdirs

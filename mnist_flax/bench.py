@@ -106,8 +106,9 @@ class Ours:
 
   def epoch_s(self) -> float:
     """A whole epoch, the permutation included; every shape compiled before."""
-    plan = epoch_loop.dispatch_plan(self.batches, self.config.batch_size,
-                               self.config.steps_per_dispatch)
+    per_dispatch = epoch_loop.steps_per_dispatch(self.config.steps_per_dispatch,
+                                                 self.mesh, len(self.batches))
+    plan = epoch_loop.dispatch_plan(self.batches, self.config.batch_size, per_dispatch)
     self._run([p for p in plan if p[1] != self.config.batch_size])
     start = time.perf_counter()
     perm = jax.jit(lambda r: jit_steps.epoch_permutation(r, 2, len(self.perm)))(self.state.rng)
@@ -118,11 +119,11 @@ class Ours:
     return time.perf_counter() - start
 
   def eval_rate(self, images: np.ndarray, labels: np.ndarray, repeats: int) -> float:
-    batches = [parallel.put(b, parallel.batch_sharded(self.mesh)) for b in
-               parallel.padded_batches(images, labels, self.config.eval_batch_size,
-                                       self.mesh.size)]
-    jax.block_until_ready(epoch_loop.evaluate(self.steps.eval, self.state, batches))
-    return _rate(lambda: [epoch_loop.evaluate(self.steps.eval, self.state, batches)
+    batches = parallel.put(parallel.eval_batches(images, labels, self.config.eval_batch_size,
+                                                 self.mesh.size),
+                           parallel.eval_sharded(self.mesh))
+    jax.block_until_ready(self.steps.eval(self.state, *batches))
+    return _rate(lambda: [jax.device_get(self.steps.eval(self.state, *batches))
                           for _ in range(repeats)], repeats, len(images))
 
 

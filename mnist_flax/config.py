@@ -37,8 +37,8 @@ def base_config() -> ml_collections.ConfigDict:
                             # WORKDIR/seed_S
   c.seed_parallelism = 'auto'  # K seeds as one 'vmap' or an 'unroll'ed program;
                                # 'auto': unroll on CPU (faster there), else vmap
-  c.steps_per_dispatch = 1  # train steps per jitted call (lax.scan), for
-                            # accelerators where dispatch dominates
+  c.steps_per_dispatch = 0  # train steps per jitted call (lax.scan); 0 = auto:
+                            # the whole epoch on GPU/TPU, one step on CPU
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = 'sgd'           # 'sgd' or 'adam', both as PyTorch's

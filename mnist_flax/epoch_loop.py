@@ -25,12 +25,23 @@ def batch_starts(num_examples: int, batch_size: int) -> list[tuple[int, int]]:
           for s in range(0, num_examples, batch_size)]
 
 
+def steps_per_dispatch(requested: int, mesh: jax.sharding.Mesh,
+                       steps_per_epoch: int) -> int:
+  """Train steps per jitted call: `requested`, or for 0 (auto) the whole epoch
+  as one `lax.scan` on accelerators, where a batch-128 step is launch-bound, and
+  one step per call on CPU, where XLA runs the scanned step 3.5x slower
+  (docs/performance.md)."""
+  if requested < 0:
+    raise ConfigError(f'steps_per_dispatch must be >= 0 (0: auto), not {requested}')
+  if requested:
+    return requested
+  return 1 if mesh.devices.flat[0].platform == 'cpu' else steps_per_epoch
+
+
 def dispatch_plan(batches: list[tuple[int, int]], batch_size: int,
                    per_dispatch: int) -> list[tuple[list[int], int]]:
   """Groups an epoch's batches into (starts, size) dispatches: up to
   `per_dispatch` full batches each; a smaller last batch goes alone."""
-  if per_dispatch < 1:
-    raise ConfigError(f'steps_per_dispatch must be >= 1, not {per_dispatch}')
   full = [start for start, size in batches if size == batch_size]
   plan = [(full[i:i + per_dispatch], batch_size)
           for i in range(0, len(full), per_dispatch)]
@@ -83,6 +94,8 @@ def unstack(tree: Any, k: int) -> Any:
 
 class Steps(NamedTuple):
   train: Callable[..., tuple[TrainState, Metrics]]
+  # Summed metrics over (num_batches, size, ...) arrays (`parallel.eval_batches`),
+  # every batch in one program.
   eval: Callable[..., Metrics]
   # Like `train` but over an array of batch starts, one dispatch for them all.
   train_many: Callable[..., tuple[TrainState, Metrics]]
@@ -124,6 +137,12 @@ def make_steps(model: models.Net, tx: optax.GradientTransformation,
   if stacked:
     evaluate_ = over_seeds(evaluate_, (0, None, None), how)
 
+  def evaluate_all(state, images, labels):
+    def body(totals, batch):
+      return add_metrics(totals, evaluate_(state, *batch)), None
+    first = evaluate_(state, images[0], labels[0])
+    return jax.lax.scan(body, first, (images[1:], labels[1:]))[0]
+
   def many(state, metrics, images, labels, perm, starts, *, batch_size):
     def body(carry, start):
       return step(*carry, images, labels, perm, start, batch_size=batch_size), None
@@ -131,7 +150,7 @@ def make_steps(model: models.Net, tx: optax.GradientTransformation,
 
   jit = functools.partial(jax.jit, static_argnames='batch_size',
                           donate_argnums=(0, 1))
-  return Steps(jit(step), jax.jit(evaluate_), jit(many))
+  return Steps(jit(step), jax.jit(evaluate_all), jit(many))
 
 
 def needs_lockstep(mesh: jax.sharding.Mesh) -> bool:
@@ -162,11 +181,3 @@ def train_epoch(steps: Steps, state: TrainState, metrics: Metrics,
       progress(done, metrics)
   return state, metrics
 
-
-def evaluate(eval_fn: Callable[..., Metrics], state: TrainState,
-             batches: list[tuple[jax.Array, jax.Array]]) -> Metrics:
-  """Summed test metrics over pre-batched data (per seed when stacked)."""
-  totals = eval_fn(state, *batches[0])
-  for images, labels in batches[1:]:
-    totals = add_metrics(totals, eval_fn(state, images, labels))
-  return jax.device_get(totals)

@@ -9,11 +9,13 @@ the all-reduces and the numbers do not depend on the device count.
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from typing import Any
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
@@ -97,17 +99,23 @@ def check_batch_sizes(sizes: set[int], mesh: Mesh) -> None:
         '(--cpu_devices, CUDA_VISIBLE_DEVICES)')
 
 
-def padded_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
-                   devices: int) -> list[tuple[np.ndarray, np.ndarray]]:
-  """Evaluation batches, each padded to a multiple of `devices` with blank
-  images labelled -1 (which the metrics skip), so any test set splits evenly."""
-  batches = []
-  for i in range(0, len(images), batch_size):
-    x, y = images[i:i + batch_size], labels[i:i + batch_size]
-    pad = -len(x) % devices
-    batches.append((np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)]),
-                    np.concatenate([y, np.full(pad, -1, y.dtype)])))
-  return batches
+def eval_batches(images: np.ndarray, labels: np.ndarray, batch_size: int,
+                 devices: int) -> tuple[np.ndarray, np.ndarray]:
+  """The evaluation set as (num_batches, size, ...) arrays, evaluated as one
+  program: as many batches as `batch_size` needs, all of one size, a multiple of
+  `devices`, padded with blank images labelled -1 (which the metrics skip)."""
+  num = -(-len(images) // batch_size)
+  size = -(-len(images) // num)
+  size += -size % devices
+  pad = num * size - len(images)
+  x = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
+  y = np.concatenate([labels, np.full(pad, -1, labels.dtype)])
+  return x.reshape(num, size, *images.shape[1:]), y.reshape(num, size)
+
+
+def eval_sharded(mesh: Mesh) -> NamedSharding:
+  """(num_batches, size, ...) arrays: each batch split across the mesh."""
+  return NamedSharding(mesh, P(None, AXIS))
 
 
 def put(tree: Any, sharding: NamedSharding) -> Any:
@@ -121,6 +129,38 @@ def put(tree: Any, sharding: NamedSharding) -> Any:
 def is_primary() -> bool:
   """Only process 0 writes logs and metrics files."""
   return jax.process_index() == 0
+
+
+def check_shared_workdir(workdir: str) -> None:
+  """Every process must see the files of one shared workdir. Orbax's
+  multi-process save waits for a folder that process 0 creates: with one workdir
+  per host (no shared filesystem) it times out after 600 s in a traceback.
+
+  Process 0 (which has created `workdir`) writes a random token there; every
+  process reads it back, and all learn who could not, so they stop together.
+  """
+  if jax.process_count() == 1:
+    return
+  path = os.path.join(workdir, '.shared_workdir_check')
+  token = np.random.default_rng().integers(1, 2**31 - 1, dtype=np.int32)
+  if is_primary():
+    with open(path, 'w') as f:
+      f.write(str(token))
+  token = int(multihost_utils.broadcast_one_to_all(token))  # after the write
+  try:
+    with open(path) as f:
+      seen = f.read() == str(token)
+  except OSError:
+    seen = False
+  seen_by = multihost_utils.process_allgather(np.array(seen))
+  if is_primary():
+    os.remove(path)
+  blind = [i for i, ok in enumerate(seen_by) if not ok]
+  if blind:
+    raise UserError(
+        f'--workdir={workdir} is not one folder shared by every process: process '
+        f'{", ".join(map(str, blind))} cannot see the file process 0 wrote there; '
+        'give every process the same --workdir on a shared filesystem')
 
 
 def describe() -> str:

@@ -138,6 +138,9 @@ def train_seeds(config: ml_collections.ConfigDict,
   Saves a checkpoint after every epoch and, rerun with the same workdir,
   resumes from the latest one; a finished run is not trained again.
   """
+  if parallel.is_primary():
+    _prepare_workdir(workdir)
+  parallel.check_shared_workdir(workdir)
   model = models.create_model(config.model, config.init)
   ds = data.load_for(config)
   num_train = len(ds.train_images)
@@ -153,8 +156,6 @@ def train_seeds(config: ml_collections.ConfigDict,
                                                   ema=keeps_ema(config)),
                    out_shardings=replicated)
   states = [create(jax.random.key(c.seed)) for c, _ in seeds]
-  if parallel.is_primary() and stacked:
-    _prepare_workdir(workdir)
   runs = [_Run(c, w) for c, w in seeds]
   try:
     states = _restore(runs, states[0]) or states
@@ -199,9 +200,9 @@ def _train_epochs(config: ml_collections.ConfigDict, runs: list[_Run],
   # The whole dataset lives on every device as uint8; batches are gathered there.
   train_images, train_labels = parallel.put((ds.train_images, ds.train_labels),
                                             replicated)
-  eval_batches = [parallel.put(batch, parallel.batch_sharded(mesh)) for batch in
-                  parallel.padded_batches(ds.test_images, ds.test_labels,
-                                          config.eval_batch_size, mesh.size)]
+  eval_set = parallel.put(parallel.eval_batches(ds.test_images, ds.test_labels,
+                                                config.eval_batch_size, mesh.size),
+                          parallel.eval_sharded(mesh))
   num_train = len(ds.train_images)
   permute = functools.partial(epoch_permutation, num=num_train)
   zeros = zero_metrics
@@ -210,7 +211,9 @@ def _train_epochs(config: ml_collections.ConfigDict, runs: list[_Run],
     zeros = lambda: stack([zero_metrics()] * len(runs))
   permute = jax.jit(permute, out_shardings=replicated)
   zeros = jax.jit(zeros, out_shardings=replicated)
-  plan = epoch_loop.dispatch_plan(batches, config.batch_size, config.steps_per_dispatch)
+  per_dispatch = epoch_loop.steps_per_dispatch(config.steps_per_dispatch, mesh,
+                                               len(batches))
+  plan = epoch_loop.dispatch_plan(batches, config.batch_size, per_dispatch)
   lockstep = epoch_loop.needs_lockstep(mesh)
   split = report.eval_split(config)
   for epoch in range(len(runs[0].history) + 1, config.num_epochs + 1):
@@ -222,16 +225,16 @@ def _train_epochs(config: ml_collections.ConfigDict, runs: list[_Run],
 
     def progress(done: int, metrics: Metrics) -> None:
       bar.update(done - bar.n)
-      if config.progress_bar and done % 50 < config.steps_per_dispatch:
+      if config.progress_bar and done % 50 < per_dispatch:
         m = unstack(jax.device_get(metrics), 0) if stacked else jax.device_get(metrics)
         bar.set_postfix(loss=f'{m["loss"] / m["count"]:.4f}',
                         acc=f'{100 * m["correct"] / m["count"]:.2f}%')
 
-    state, metrics = epoch_loop.train_epoch(steps, state, zeros(), train_images, train_labels,
-                                 perm, plan, lockstep, progress)
+    state, metrics = epoch_loop.train_epoch(steps, state, zeros(), train_images,
+                                            train_labels, perm, plan, lockstep, progress)
     bar.close()
     train_totals = jax.device_get(metrics)
-    test_totals = epoch_loop.evaluate(steps.eval, state, eval_batches)
+    test_totals = jax.device_get(steps.eval(state, *eval_set))
     step = int(jax.device_get(state.step).flat[0])
     records = []
     for k, run in enumerate(runs):

@@ -6,6 +6,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -104,6 +105,26 @@ def test_two_processes_equal_one(data_dir, one_device, tmp_path):
   _assert_close(_params(workdir), _params(one_device), 1e-5)
 
 
+def test_processes_with_their_own_workdirs_stop_in_one_line(data_dir, tmp_path):
+  # As on two hosts without a shared filesystem: orbax would wait 600 s for the
+  # folder process 0 creates, then raise.
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  start = time.monotonic()
+  processes = [_launch(tmp_path / f'w{i}', data_dir, '--distributed',
+                       f'--coordinator=localhost:{port}', '--num_processes=2',
+                       f'--process_id={i}') for i in range(2)]
+  for i, process in enumerate(processes):
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 1, err[-3000:]
+    assert err.strip().splitlines()[-1] == (
+        f'error: --workdir={tmp_path / f"w{i}"} is not one folder shared by every '
+        'process: process 1 cannot see the file process 0 wrote there; give every '
+        'process the same --workdir on a shared filesystem')
+  assert time.monotonic() - start < 30
+
+
 def test_batch_that_does_not_split_is_refused(data_dir, tmp_path):
   process = _launch(tmp_path / 'w', data_dir, '--cpu_devices=3')
   out, err = process.communicate(timeout=300)
@@ -118,10 +139,12 @@ def test_batch_that_does_not_split_is_refused(data_dir, tmp_path):
 def test_padded_eval_batches():
   images = np.arange(10 * 2 * 2, dtype=np.uint8).reshape(10, 2, 2)
   labels = np.arange(10, dtype=np.int32)
-  batches = parallel.padded_batches(images, labels, 4, 3)
-  assert [len(y) for _, y in batches] == [6, 6, 3]
-  np.testing.assert_array_equal(batches[2][1], [8, 9, -1])
-  np.testing.assert_array_equal(batches[2][0][2], 0)
+  x, y = parallel.eval_batches(images, labels, 4, 3)
+  assert x.shape == (3, 6, 2, 2) and y.shape == (3, 6)  # 3 batches of 4, padded to 6
+  np.testing.assert_array_equal(y.ravel()[:10], labels)
+  np.testing.assert_array_equal(x.reshape(18, 2, 2)[:10], images)
+  np.testing.assert_array_equal(y.ravel()[10:], -1)
+  np.testing.assert_array_equal(x.reshape(18, 2, 2)[10:], 0)
 
 
 @pytest.mark.parametrize('how', ['vmap', 'unroll'])

@@ -1,13 +1,14 @@
 import functools
 import glob
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_flax import epoch_loop, jit_steps, models, optim, report, train
+from mnist_flax import epoch_loop, jit_steps, models, optim, parallel, report, train
 from configs import v36
 from conftest import small_config
 
@@ -171,7 +172,7 @@ def test_ema_of_variables_equals_torch_averaged_model(fake_mnist_dir, tmp_path):
   assert not np.allclose(ours.ema['params']['conv1']['kernel'],
                          ours.params['conv1']['kernel'])
   # Evaluation, and everything read from a checkpoint, uses the averages.
-  x, y = images[:50], labels[:50]
+  x, y = images[None, :50], labels[None, :50]  # one batch of 50
   ema_loss = steps.eval(state, x, y)['loss']
   as_trained = state.replace(params=ours.ema['params'],
                              batch_stats=ours.ema['batch_stats'], ema=None)
@@ -187,3 +188,22 @@ def test_ema_of_variables_equals_torch_averaged_model(fake_mnist_dir, tmp_path):
 def test_ema_decay_out_of_range_is_a_config_error(fake_mnist_dir, tmp_path):
   with pytest.raises(train.ConfigError, match=r'ema_decay must be in \[0, 1\), not 1.0'):
     train.train_and_evaluate(small_config(fake_mnist_dir, ema_decay=1.0), str(tmp_path))
+
+
+def test_scanned_epochs_equal_per_step_epochs(fake_config, tmp_path):
+  """Auto picks one step per dispatch on CPU; the epoch as one lax.scan, which
+  it picks on accelerators, trains the same run, resumed or not."""
+  assert epoch_loop.steps_per_dispatch(0, parallel.create_mesh(), 3) == 1
+  fake_config.batch_size = 100  # 256 = 100 + 100 + 56: the 56 goes alone
+  per_step = train.train_and_evaluate(fake_config, str(tmp_path / 'a'))
+  fake_config.steps_per_dispatch = 2  # both full batches in one scan
+  workdir = tmp_path / 'b'
+  train.train_and_evaluate(fake_config, str(workdir))
+  shutil.rmtree(workdir / 'checkpoints' / '9')  # as if killed after epoch 2
+  scanned = train.train_and_evaluate(fake_config, str(workdir))
+  for a, b in zip(per_step.history, scanned.history, strict=True):
+    for key in ('train_loss', 'test_loss', 'learning_rate'):
+      assert a[key] == pytest.approx(b[key], rel=1e-5), key
+    assert a['test_accuracy'] == b['test_accuracy']
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
+               per_step.state.variables, scanned.state.variables)
