@@ -14,7 +14,7 @@ def get_config():
   # RandomAffine(7, translate=(0.1, 0.1)), nearest, the recipe falls short:
   # final-3 average 99.32% over 4 seeds (GPU sweep) and over 3 (CPU, seeds 0-2).
   # Milder warps with bilinear resampling bring the mean to the target, not
-  # above it: 99.396% over 15 CPU seeds, 99.425% over 12 GPU seeds (README).
+  # above it: 99.396% over 15 CPU seeds, 99.425% over 12 GPU seeds (README, docs/results.md).
   # The seed's logged training accuracies match the stronger warp, so this is
   # a replacement for its augmentation, not a reconstruction of it.
   c.augment.degrees = 5.0
