@@ -8,6 +8,8 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.model = 'v36'           # a name in architectures.NETWORKS, or 'v36:C1-C2-C3-C4-C5'
   c.init = 'torch'          # 'torch': PyTorch's default init; 'flax': Flax's
+  c.precision = 'default'   # 'default' (TF32 convolutions on recent GPUs),
+                            # 'float32' (full) or 'bfloat16' (models.PRECISIONS)
 
   c.dataset = 'mnist'       # 'mnist', 'fashion_mnist' or 'kmnist'
   c.data_dir = ''           # folder with the four IDX files; '' = TFDS

@@ -40,6 +40,10 @@ def torch_conv_init(fan_in: int) -> tuple[Initializer, Initializer]:
 
 
 INITS = ('torch', 'flax')
+# 'default': JAX's default precision (full float32 on CPU; TF32 convolutions on
+# Ampere and Hopper GPUs); 'float32': full float32 everywhere; 'bfloat16':
+# convolutions in bfloat16, BatchNorm and the weights in float32.
+PRECISIONS = ('default', 'float32', 'bfloat16')
 
 
 class BatchNorm(nn.Module):
@@ -88,9 +92,13 @@ class Net(nn.Module):
 
   network: arch.Network
   init_scheme: str = 'torch'
+  precision: str = 'default'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    bf16 = self.precision == 'bfloat16'
+    # BatchNorm's statistics and the logits stay in the input's float type.
+    wide = x.dtype
     for layer in self.network:
       if isinstance(layer, arch.Conv):
         if self.init_scheme == 'torch':
@@ -103,9 +111,11 @@ class Net(nn.Module):
         x = nn.Conv(layer.features, (layer.kernel, layer.kernel),
                     padding=((pad, pad), (pad, pad)), use_bias=layer.bias,
                     kernel_init=kernel_init, bias_init=bias_init,
+                    dtype=jnp.bfloat16 if bf16 else None,
+                    precision=('highest' if self.precision == 'float32' else None),
                     name=layer.name)(x)
       elif isinstance(layer, arch.BatchNorm):
-        x = BatchNorm(name=layer.name)(x, train)
+        x = BatchNorm(name=layer.name)(x.astype(wide), train)
       elif isinstance(layer, arch.ReLU):
         x = nn.relu(x)
       elif isinstance(layer, arch.MaxPool):
@@ -114,14 +124,17 @@ class Net(nn.Module):
         x = x.mean(axis=(1, 2), keepdims=True)
       else:
         raise TypeError(f'unknown layer {layer!r}')
-    return x.reshape(x.shape[0], -1)
+    return x.reshape(x.shape[0], -1).astype(wide)
 
 
-def create_model(name: str, init: str = 'torch') -> Net:
-  """The named network with 'torch' (PyTorch default) or 'flax' initialisation."""
+def create_model(name: str, init: str = 'torch', precision: str = 'default') -> Net:
+  """The named network with 'torch' (PyTorch default) or 'flax' initialisation,
+  computing at one of PRECISIONS."""
   if init not in INITS:
     raise unknown('init', init, INITS)
-  return Net(arch.get_network(name), init)
+  if precision not in PRECISIONS:
+    raise unknown('precision', precision, PRECISIONS)
+  return Net(arch.get_network(name), init, precision)
 
 
 def init_variables(model: Net, key: jax.Array) -> dict[str, Any]:

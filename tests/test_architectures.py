@@ -103,6 +103,27 @@ def test_flax_init_option():
     models.create_model('v36', 'xavier')
 
 
+def test_precisions():
+  x = jax.random.uniform(jax.random.key(1), (16, *arch.INPUT_SHAPE))
+  variables = models.init_variables(models.create_model('v36'), jax.random.key(0))
+  apply = lambda precision: models.create_model('v36', precision=precision).apply(
+      variables, x, train=True, mutable=['batch_stats'])
+  jaxpr = lambda precision: str(jax.make_jaxpr(lambda: apply(precision))())
+  assert 'bf16' not in jaxpr('default') and 'HIGHEST' not in jaxpr('default')
+  assert 'precision=(Precision.HIGHEST' in jaxpr('float32')
+  # bfloat16: the convolutions, not BatchNorm, its statistics or the logits.
+  bf16 = jaxpr('bfloat16')
+  assert bf16.count('conv_general_dilated') == jaxpr('default').count('conv_general_dilated')
+  assert all('bf16[' in line for line in bf16.splitlines() if 'conv_general_dilated' in line)
+  (logits, stats), (want, want_stats) = apply('bfloat16'), apply('default')
+  assert logits.dtype == jnp.float32
+  assert jax.tree.leaves(stats)[0].dtype == jnp.float32
+  np.testing.assert_allclose(logits, want, atol=0.05 * float(jnp.abs(want).max()))
+  assert not np.allclose(logits, want, atol=1e-4)
+  with pytest.raises(ConfigError, match="unknown precision 'tf32'"):
+    models.create_model('v36', precision='tf32')
+
+
 def test_flat_draws_equal_direct_draws():
   # Drawn flat for compile time; the values must be the initialisers' own.
   key, shape = jax.random.key(3), (2, 2, 2, 3)
