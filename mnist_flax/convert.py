@@ -9,12 +9,11 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 
-from mnist_flax import checkpoint, jit_steps, models, optim, torch_interop
+from mnist_flax import checkpoint, cli, jit_steps, models, optim, torch_interop
 from mnist_flax.config import base_config
 from mnist_flax.errors import UserError
 
@@ -82,4 +81,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)
