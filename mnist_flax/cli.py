@@ -15,22 +15,23 @@ from typing import Callable
 
 from absl import app
 from absl import flags
+from absl import logging as absl_logging
 
 
 def quiet_library_logs() -> None:
   """Keeps library logs to errors, and JAX's to warnings."""
   # absl's handler sits on the root logger: orbax and flax log through absl,
   # JAX through Python loggers that propagate to it.
-  flags.FLAGS.verbosity = -2  # absl's ERROR
+  absl_logging.set_verbosity(absl_logging.ERROR)
   # JAX warns at WARNING about real problems only (a GPU it cannot use, a
   # broken plugin); its INFO lines stay hidden. A level set with
   # --logger_levels or JAX_LOGGING_LEVEL wins.
   jax_logger = logging.getLogger('jax')
   if jax_logger.level == logging.NOTSET:
     jax_logger.setLevel(logging.WARNING)
-  # TensorFlow, imported later for TFDS only, logs from C++ at INFO on import;
-  # it reads this when it loads. (jaxlib read it on import and logs only
-  # warnings by default.)
+  # TensorFlow, imported later and for TFDS only, logs from C++ at INFO when
+  # it loads, and reads this then. jaxlib read it already, on import; its C++
+  # logs only warnings by default.
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 
