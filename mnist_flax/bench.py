@@ -21,11 +21,11 @@ import sys
 import time
 from typing import Any, Callable
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
 
+from mnist_flax import cli
 from mnist_flax import compare, data, epoch_loop, jit_steps, models, optim, parallel, torch_interop
 from mnist_flax.errors import UserError
 
@@ -369,4 +369,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

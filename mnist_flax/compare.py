@@ -18,7 +18,6 @@ import tempfile
 import time
 from typing import Any
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
@@ -26,6 +25,7 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
+from mnist_flax import cli
 from mnist_flax import data, epoch_loop, jit_steps, models, optim, report, torch_interop, train
 from mnist_flax.errors import UserError
 
@@ -305,4 +305,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -9,20 +9,25 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app
 from absl import flags
 import jax
 import jax.numpy as jnp
 
-from mnist_flax import checkpoint, jit_steps, models, optim, torch_interop
+from mnist_flax import checkpoint, cli, jit_steps, models, optim, torch_interop
 from mnist_flax.config import base_config
 from mnist_flax.errors import UserError
 
 
-def from_torch(path: str, model_name: str, workdir: str, data_dir: str = '') -> int:
-  """Writes a PyTorch state_dict as checkpoint 0 of a new workdir; returns the step."""
-  variables, tracked = torch_interop.from_state_dict(
-      model_name, torch_interop.load_state_dict_file(path))
+def from_torch(path: str, model_name: str, workdir: str, data_dir: str = ''
+               ) -> tuple[int, list[str]]:
+  """Writes a PyTorch state_dict, bare or wrapped (see
+  torch_interop.unwrap_state_dict), as checkpoint 0 of a new workdir.
+
+  Returns the step and what was unwrapped.
+  """
+  state_dict, unwrapped = torch_interop.unwrap_state_dict(
+      torch_interop.load_state_dict_file(path))
+  variables, tracked = torch_interop.from_state_dict(model_name, state_dict)
   ckpts = checkpoint.Checkpoints(workdir)
   try:
     if ckpts.steps():
@@ -41,7 +46,7 @@ def from_torch(path: str, model_name: str, workdir: str, data_dir: str = '') -> 
                           'num_batches_tracked': tracked})
   finally:
     ckpts.close()
-  return 0
+  return 0, unwrapped
 
 
 def to_torch(workdir: str, out: str, which: str = 'latest') -> None:
@@ -71,7 +76,9 @@ def main(argv):
     if f.from_torch:
       if not f.model:
         raise UserError('--from_torch needs --model=NAME (v36, model1, ...)')
-      step = from_torch(f.from_torch, f.model, f.workdir, f.data_dir)
+      step, unwrapped = from_torch(f.from_torch, f.model, f.workdir, f.data_dir)
+      if unwrapped:
+        print(f'{f.from_torch}: unwrapped {"; ".join(unwrapped)}')
       print(f'{f.from_torch} -> {f.workdir}/checkpoints/{step} ({f.model})')
     else:
       to_torch(f.workdir, f.to_torch, f.checkpoint)
@@ -82,4 +89,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -6,12 +6,11 @@ Prints the test accuracy and loss of a checkpoint as one JSON line.
 import json
 import sys
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
 
-from mnist_flax import checkpoint, data, jit_steps
+from mnist_flax import checkpoint, cli, data, jit_steps
 from mnist_flax.errors import UserError
 
 
@@ -59,4 +58,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

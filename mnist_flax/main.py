@@ -5,11 +5,10 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 import jax
 from ml_collections import config_flags
 
-from mnist_flax import architectures, parallel, train
+from mnist_flax import architectures, cli, parallel, train
 from mnist_flax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -46,10 +45,6 @@ def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   config = FLAGS.config
-  # Orbax logs a dozen INFO lines per checkpoint, which bury the epoch lines;
-  # --verbosity=0 brings them back.
-  if not FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)
   parallel.use_cpu_devices(FLAGS.cpu_devices)
   try:
     if FLAGS.distributed:
@@ -67,4 +62,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main, flags_parser=parse_flags)
+  cli.run(main, flags_parser=parse_flags)

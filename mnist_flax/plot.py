@@ -13,7 +13,6 @@ import json
 import os
 import sys
 
-from absl import app
 from absl import flags
 import matplotlib
 
@@ -21,7 +20,7 @@ matplotlib.use('Agg')  # files only; no display needed
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from mnist_flax import architectures, checkpoint, evaluate, report
+from mnist_flax import architectures, checkpoint, cli, evaluate, report
 from mnist_flax.errors import UserError
 
 # What the seed documents report (final-3 average), drawn beside our runs.
@@ -235,4 +234,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

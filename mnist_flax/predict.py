@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
 from absl import flags
 import jax
 import numpy as np
 from PIL import Image
 
-from mnist_flax import checkpoint, jit_steps
+from mnist_flax import checkpoint, cli, jit_steps
 from mnist_flax.errors import UserError
 
 
@@ -70,4 +69,4 @@ def main(argv):
 
 if __name__ == '__main__':
   checkpoint.define_flags()
-  app.run(main)
+  cli.run(main)

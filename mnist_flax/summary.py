@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import sys
 
-from absl import app
 from absl import flags
 
 from mnist_flax import architectures as arch
+from mnist_flax import cli
 from mnist_flax.errors import UserError
 
 _MODEL = flags.DEFINE_string('model', 'v36',
@@ -72,4 +72,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  app.run(main)
+  cli.run(main)

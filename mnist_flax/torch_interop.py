@@ -6,6 +6,7 @@ layer specs in `architectures.py`. PyTorch is an optional extra.
 from __future__ import annotations
 
 import pickle
+import re
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,11 @@ from mnist_flax import architectures as arch
 from mnist_flax.errors import UserError
 
 INSTALL_HINT = "PyTorch is not installed: pip install 'mnist_flax[torch]'"
+# Where training scripts keep the model's state_dict in a checkpoint dict.
+CHECKPOINT_KEYS = ('model', 'state_dict', 'model_state_dict')
+# Key prefixes that wrappers add to every key of a state_dict.
+KEY_PREFIXES = {'module.': 'nn.DataParallel or DistributedDataParallel',
+                '_orig_mod.': 'torch.compile'}
 
 
 class StateDictError(UserError):
@@ -81,17 +87,25 @@ def _expected_keys(network: arch.Network) -> dict[str, tuple[int, ...] | None]:
   return keys
 
 
+def _few(keys: list[Any], n: int = 3) -> str:
+  """The first n keys, quoted, and how many more."""
+  more = f' and {len(keys) - n} more' if len(keys) > n else ''
+  return ', '.join(repr(k) for k in keys[:n]) + more
+
+
 def check_state_dict(name: str, state_dict: dict[str, Any]) -> None:
-  """Raises StateDictError naming the first missing, extra or misshapen key."""
+  """Raises StateDictError naming the missing and extra keys, or the first
+  misshapen one."""
   expected = _expected_keys(arch.get_network(name))
-  for key in expected:
-    if key not in state_dict:
-      raise StateDictError(f'state_dict has no {key!r}: it is not a {name} '
-                           f'state_dict (expected keys: {", ".join(expected)})')
+  missing = [k for k in expected if k not in state_dict]
+  unexpected = [k for k in state_dict if k not in expected]
+  if missing or unexpected:
+    differences = '; '.join(
+        f'{what} {_few(keys)}' for what, keys in (('missing', missing),
+                                                  ('unexpected', unexpected)) if keys)
+    raise StateDictError(f'state_dict does not fit model {name} ({differences}): '
+                         'is --model right?')
   for key, value in state_dict.items():
-    if key not in expected:
-      raise StateDictError(f'state_dict has an unexpected key {key!r} for model '
-                           f'{name}: is --model right?')
     shape = tuple(np.shape(value))
     want = expected[key] or ()
     if shape != want:
@@ -143,6 +157,12 @@ def to_state_dict(name: str, variables: dict, num_batches_tracked: int) -> dict:
   return sd
 
 
+def _one_line(message: str) -> str:
+  """The first line of an exception's message, without terminal escape codes."""
+  lines = re.sub(r'\x1b\[[0-9;]*m', '', message).strip().splitlines()
+  return lines[0].strip() if lines else ''
+
+
 def load_state_dict_file(path: str) -> dict[str, Any]:
   """torch.load with weights_only=True: a file that would run code is refused."""
   torch = require_torch()
@@ -151,14 +171,52 @@ def load_state_dict_file(path: str) -> dict[str, Any]:
   except FileNotFoundError:
     raise StateDictError(f'{path} not found') from None
   except pickle.UnpicklingError as e:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise StateDictError(f'{path}: refused, it holds more than tensors and '
-                         f'loading it could run code ({first})') from None
+    # torch's message runs over several lines, with escape codes; the global
+    # it refused (a class such as a whole pickled nn.Module) says it all.
+    refused = re.search(r'GLOBAL ([\w.]+)', str(e))
+    what = f'a pickled {refused.group(1)}' if refused else _one_line(str(e))
+    raise StateDictError(
+        f'{path}: refused, it holds more than tensors ({what}) and loading it '
+        'could run code; if you trust it, save its weights alone: torch.save('
+        "torch.load(PATH, weights_only=False).state_dict(), 'weights.pt')") from None
   except Exception as e:  # pylint: disable=broad-except
     # A corrupt file can fail anywhere in torch's unpickler.
     raise StateDictError(f'{path}: not a PyTorch file ({type(e).__name__}: '
-                         f'{e})') from None
+                         f'{_one_line(str(e))})') from None
   if not isinstance(loaded, dict):
     raise StateDictError(f'{path} holds a {type(loaded).__name__}, not a '
                          'state_dict: save it with torch.save(model.state_dict(), path)')
   return loaded
+
+
+def _wrapper_prefix(keys: list[Any]) -> str | None:
+  """The prefix of KEY_PREFIXES that every key starts with, if any."""
+  return next((p for p in KEY_PREFIXES if keys and all(
+      isinstance(k, str) and k.startswith(p) for k in keys)), None)
+
+
+def unwrap_state_dict(loaded: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+  """The model's state_dict inside what PyTorch users save, and what was unwrapped.
+
+  Takes a training checkpoint's state_dict (under one of CHECKPOINT_KEYS; its
+  other entries are ignored) and removes the key prefixes of KEY_PREFIXES.
+  Returns the state_dict and, for the user, one phrase per unwrapping.
+  """
+  unwrapped = []
+  for key in CHECKPOINT_KEYS:
+    if isinstance(loaded.get(key), dict):
+      others = [k for k in loaded if k != key]
+      unwrapped.append(f'the state_dict under {key!r} of a training checkpoint'
+                       + (f' (ignored: {_few(others, 5)})' if others else ''))
+      loaded = loaded[key]
+      break
+  else:
+    if any(isinstance(v, dict) for v in loaded.values()):
+      raise StateDictError(
+          f'not a state_dict: a training checkpoint? It holds '
+          f'{_few(list(loaded), 5)}; its state_dict must be under one of '
+          f'{", ".join(map(repr, CHECKPOINT_KEYS))}')
+  while prefix := _wrapper_prefix(list(loaded)):
+    unwrapped.append(f'key prefix {prefix!r} ({KEY_PREFIXES[prefix]})')
+    loaded = {k[len(prefix):]: v for k, v in loaded.items()}
+  return loaded, unwrapped

@@ -1,10 +1,16 @@
 """The command lines, run as a user runs them."""
 
+import json
 import os
 import subprocess
 import sys
 
+import numpy as np
+from PIL import Image
 import pytest
+
+from mnist_flax import train
+from conftest import small_config, write_fake_mnist
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -52,3 +58,48 @@ def test_train_cli_runs(mnist_dir, tmp_path):
   assert 'Epoch  1/1: train loss' in proc.stdout
   assert 'FINAL 3 EPOCHS ANALYSIS' in proc.stdout
   assert (tmp_path / 'metrics.jsonl').exists()
+
+
+@pytest.fixture(scope='module')
+def trained_workdir(tmp_path_factory):
+  """A workdir trained one epoch on fake data, and two digit images."""
+  root = tmp_path_factory.mktemp('trained')
+  write_fake_mnist(root)
+  workdir = str(root / 'w')
+  train.train_and_evaluate(small_config(root, epochs=1), workdir)
+  images = [str(root / f'{i}.png') for i in range(2)]
+  for i, path in enumerate(images):
+    Image.fromarray(np.full((28, 28), 60 * i, np.uint8)).save(path)
+  return workdir, images
+
+
+def test_predict_prints_only_its_answers(trained_workdir):
+  workdir, images = trained_workdir
+  proc = _run('mnist_flax.predict', f'--workdir={workdir}', *images)
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stderr == ''
+  lines = proc.stdout.splitlines()
+  assert [l.split(':')[0] for l in lines] == images
+  # A problem found after the libraries logged their routine lines: one line.
+  missing = _run('mnist_flax.predict', f'--workdir={workdir}', '--checkpoint=99',
+                 images[0])
+  assert missing.returncode != 0 and missing.stdout == ''
+  assert missing.stderr.startswith("error: no checkpoint '99'")
+  assert missing.stderr.count('\n') == 1, missing.stderr
+
+
+def test_evaluate_prints_only_its_json(trained_workdir):
+  proc = _run('mnist_flax.evaluate', f'--workdir={trained_workdir[0]}')
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stderr == ''
+  assert proc.stdout.count('\n') == 1
+  assert json.loads(proc.stdout)['test_examples'] == 100
+
+
+def test_verbosity_brings_the_library_logs_back(trained_workdir):
+  workdir, images = trained_workdir
+  proc = _run('mnist_flax.predict', f'--workdir={workdir}', '--verbosity=0',
+              images[0])
+  assert proc.returncode == 0, proc.stderr
+  assert proc.stdout.count('\n') == 1
+  assert 'CheckpointManager' in proc.stderr

@@ -73,20 +73,81 @@ def test_round_trip_through_a_workdir_is_exact(name, tmp_path, mnist_dir):
   assert logits.shape == (10000, 10) and result['epoch'] == 0
 
 
-def test_mismatched_state_dicts_name_the_key():
+def test_mismatched_state_dicts_name_the_keys():
   sd = _trained_torch_model('model1').state_dict()
-  with pytest.raises(torch_interop.StateDictError, match="no 'conv1.bias'.*not a v36"):
+  # model1: 8 convs without bias; v36: 5 with bias, so 3 names of each and counts.
+  with pytest.raises(torch_interop.StateDictError,
+                     match=r"^state_dict does not fit model v36 \(missing 'conv1.bias', "
+                     r"'conv2.bias', 'conv3.bias' and 3 more; unexpected 'conv6.weight', "
+                     r"'bn6.weight', 'bn6.bias' and 9 more\): is --model right\?$"):
     torch_interop.from_state_dict('v36', sd)
-  with pytest.raises(torch_interop.StateDictError, match="no 'conv7b.weight'"):
-    torch_interop.from_state_dict('model3', sd)
   sd3 = _trained_torch_model('model3').state_dict()
-  with pytest.raises(torch_interop.StateDictError, match="unexpected key 'conv7b.weight'"):
-    torch_interop.from_state_dict('model2', {**sd3})
+  with pytest.raises(torch_interop.StateDictError,
+                     match=r"model2 \(unexpected 'conv7b.weight', 'bn7b.weight', "
+                     r"'bn7b.bias' and 3 more\)"):
+    torch_interop.from_state_dict('model2', sd3)
+  sd3 = _trained_torch_model('model3').state_dict()
+  sd3['extra.weight'] = torch.zeros(1)
+  del sd3['conv4.weight']
+  with pytest.raises(torch_interop.StateDictError,
+                     match=r"\(missing 'conv4.weight'; unexpected 'extra.weight'\)"):
+    torch_interop.from_state_dict('model3', sd3)
+  sd3 = _trained_torch_model('model3').state_dict()
   sd3['conv4.weight'] = torch.zeros(16, 10, 5, 5)
   with pytest.raises(torch_interop.StateDictError,
                      match=r"'conv4.weight' has shape \(16, 10, 5, 5\), model model3 "
                      r"needs \(16, 10, 3, 3\)"):
     torch_interop.from_state_dict('model3', sd3)
+
+
+def _wrapped(net, wrapper):
+  """What PyTorch users save: the state_dict of a wrapped model, or a dict
+  around a state_dict."""
+  if wrapper == 'DataParallel':
+    return torch.nn.DataParallel(net).state_dict()
+  if wrapper == 'compile':  # compiles on the first call only: no compiler needed
+    return torch.compile(net).state_dict()
+  if wrapper == 'DataParallel+compile':
+    return torch.nn.DataParallel(torch.compile(net)).state_dict()
+  return {wrapper: net.state_dict(), 'epoch': 3,
+          'optimizer': torch.optim.SGD(net.parameters(), lr=0.1).state_dict()}
+
+
+@pytest.mark.parametrize('wrapper,unwrapped', [
+    ('DataParallel', ["key prefix 'module.' (nn.DataParallel or DistributedDataParallel)"]),
+    ('compile', ["key prefix '_orig_mod.' (torch.compile)"]),
+    ('DataParallel+compile', ["key prefix 'module.' (nn.DataParallel or "
+                              "DistributedDataParallel)",
+                              "key prefix '_orig_mod.' (torch.compile)"]),
+    ('model', ["the state_dict under 'model' of a training checkpoint (ignored: "
+               "'epoch', 'optimizer')"]),
+    ('state_dict', ["the state_dict under 'state_dict' of a training checkpoint "
+                    "(ignored: 'epoch', 'optimizer')"]),
+    ('model_state_dict', ["the state_dict under 'model_state_dict' of a training "
+                          "checkpoint (ignored: 'epoch', 'optimizer')"]),
+])
+def test_wrapped_state_dicts_are_unwrapped(wrapper, unwrapped, tmp_path):
+  net = _trained_torch_model('model1')
+  path = tmp_path / 'wrapped.pt'
+  torch.save(_wrapped(net, wrapper), path)
+  sd, said = torch_interop.unwrap_state_dict(torch_interop.load_state_dict_file(str(path)))
+  assert said == unwrapped
+  assert list(sd) == list(net.state_dict())
+  for key, value in net.state_dict().items():
+    assert torch.equal(sd[key], value), key
+
+
+def test_a_plain_state_dict_needs_no_unwrapping():
+  sd = _trained_torch_model('v36').state_dict()
+  assert torch_interop.unwrap_state_dict(sd) == (sd, [])
+
+
+def test_a_checkpoint_without_a_known_key_says_where_to_put_it():
+  sd = _trained_torch_model('v36').state_dict()
+  with pytest.raises(torch_interop.StateDictError,
+                     match=r"It holds 'net', 'epoch'; its state_dict must be under one "
+                     r"of 'model', 'state_dict', 'model_state_dict'"):
+    torch_interop.unwrap_state_dict({'net': sd, 'epoch': 3})
 
 
 class _Evil:
@@ -102,12 +163,25 @@ def test_malicious_pickle_is_refused_and_runs_nothing(tmp_path):
   path = tmp_path / 'evil.pt'
   torch.save({'conv1.weight': torch.zeros(1), 'payload': _Evil(marker)}, path)
   with pytest.raises(torch_interop.StateDictError,
-                     match='evil.pt: refused, it holds more than tensors'):
+                     match=r'evil.pt: refused, it holds more than tensors \(a pickled '
+                     r'(posix|os|nt)\.system\)'):
     torch_interop.load_state_dict_file(str(path))
   assert not marker.exists()
   with pytest.raises(UserError, match='not a PyTorch file'):
     (tmp_path / 'junk.pt').write_bytes(b'junk')
     torch_interop.load_state_dict_file(str(tmp_path / 'junk.pt'))
+
+
+def test_a_pickled_module_is_refused_in_one_clean_line(tmp_path):
+  path = tmp_path / 'whole.pt'
+  torch.save(torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3)), path)  # the whole model
+  with pytest.raises(torch_interop.StateDictError) as refused:
+    torch_interop.load_state_dict_file(str(path))
+  message = str(refused.value)
+  assert message.startswith(f'{path}: refused, it holds more than tensors (a pickled '
+                            'torch.nn.modules.container.Sequential) and loading it could '
+                            'run code; if you trust it, save its weights alone')
+  assert '\x1b' not in message and '\n' not in message
 
 
 def test_convert_cli(tmp_path):
@@ -120,12 +194,22 @@ def test_convert_cli(tmp_path):
                                   cwd=root, capture_output=True, text=True, timeout=120)
   ok = run(f'--from_torch={src}', '--model=model1', f'--workdir={tmp_path / "w"}')
   assert ok.returncode == 0, ok.stderr
+  assert ok.stdout.count('\n') == 1  # a bare state_dict: nothing unwrapped
   wrong = run(f'--from_torch={src}', '--model=v36', f'--workdir={tmp_path / "w2"}')
   assert wrong.returncode != 0 and 'Traceback' not in wrong.stderr
-  assert "error: state_dict has no 'conv1.bias'" in wrong.stderr
+  assert wrong.stderr.startswith('error: state_dict does not fit model v36 '
+                                 "(missing 'conv1.bias'")
+  assert wrong.stderr.count('\n') == 1
   again = run(f'--from_torch={src}', '--model=model1', f'--workdir={tmp_path / "w"}')
   assert 'already holds checkpoints' in again.stderr
   back = run(f'--to_torch={tmp_path / "back.pt"}', f'--workdir={tmp_path / "w"}')
   assert back.returncode == 0, back.stderr
   assert torch.equal(torch.load(tmp_path / 'back.pt', weights_only=True)['conv3.weight'],
                      torch.load(src, weights_only=True)['conv3.weight'])
+  wrapped = tmp_path / 'ddp.pt'
+  torch.save({'model': torch.load(src, weights_only=True), 'epoch': 3}, wrapped)
+  ok = run(f'--from_torch={wrapped}', '--model=model1', f'--workdir={tmp_path / "w3"}')
+  assert ok.returncode == 0, ok.stderr
+  assert ok.stdout.splitlines()[0] == (
+      f"{wrapped}: unwrapped the state_dict under 'model' of a training checkpoint "
+      "(ignored: 'epoch')")
