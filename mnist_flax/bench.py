@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import runpy
 import statistics
 import subprocess
 import sys
@@ -23,23 +24,28 @@ from typing import Any, Callable
 
 from absl import flags
 import jax
+import ml_collections
 import numpy as np
 
-from mnist_flax import cli
-from mnist_flax import compare, data, epoch_loop, jit_steps, models, optim, parallel, torch_interop
+from mnist_flax import (cli, compare, data, epoch_loop, jit_steps, models, optim, parallel,
+                        torch_interop, torch_recipe)
 from mnist_flax.errors import UserError
 
-CONFIGS = {'v36': 'configs/v36.py', 'model1': 'configs/model1.py',
-           'model2': 'configs/model2.py', 'model3': 'configs/model3.py'}
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_CONFIGS = os.path.join(_ROOT, 'configs')
 
 
-def load_config(model: str):
-  """The model's recipe from configs/ (batch size, optimiser, augmentation)."""
-  import runpy  # pylint: disable=g-import-not-at-top
-  if model not in CONFIGS:
-    raise UserError(f'no config for model {model!r}; choose from {", ".join(CONFIGS)}')
-  return runpy.run_path(os.path.join(_ROOT, CONFIGS[model]))['get_config']()
+def config_names() -> list[str]:
+  """The models bench knows: NAME for each configs/NAME.py."""
+  return sorted(name[:-3] for name in os.listdir(_CONFIGS) if name.endswith('.py'))
+
+
+def load_config(model: str) -> ml_collections.ConfigDict:
+  """configs/MODEL.py's recipe (batch size, optimiser, augmentation)."""
+  names = config_names()
+  if model not in names:
+    raise UserError(f'no config for model {model!r}; choose from {", ".join(names)}')
+  return runpy.run_path(os.path.join(_CONFIGS, f'{model}.py'))['get_config']()
 
 
 def threads() -> int:
@@ -130,14 +136,16 @@ class Ours:
 class Torch:
   """The same network and recipe in PyTorch eager (or torch.compile)."""
 
-  def __init__(self, config, compiled: bool = False):
+  def __init__(self, config, num_examples: int, compiled: bool = False):
+    """num_examples: training images an epoch, which set the schedule's length."""
     self.torch = torch = torch_interop.require_torch()
     torch.set_num_threads(threads())
     torch.manual_seed(0)
     self.config = config
     self.net = torch_interop.torch_model(config.model)
-    self.optimizer, self.scheduler = compare.torch_optimizer(
-        torch, config, self.net.parameters(), 469)
+    steps_per_epoch = len(epoch_loop.batch_starts(num_examples, config.batch_size))
+    self.optimizer, self.scheduler = torch_recipe.create_optimizer(
+        config, self.net.parameters(), steps_per_epoch)
     self.forward = torch.compile(self.net) if compiled else self.net
     n = config.batch_size
     self.x = torch.randn(n, 1, 28, 28)
@@ -168,8 +176,8 @@ class Torch:
   def epoch_s(self, images: np.ndarray, labels: np.ndarray, workers: int) -> float:
     """One epoch through a DataLoader that warps each sample with PIL."""
     loader = self.torch.utils.data.DataLoader(
-        AugmentedMNIST(images, labels, self.config), batch_size=self.config.batch_size,
-        shuffle=True, num_workers=workers)
+        torch_recipe.AugmentedMNIST(images, labels, self.config),
+        batch_size=self.config.batch_size, shuffle=True, num_workers=workers)
     self.net.train()
     start = time.perf_counter()
     for x, y in loader:
@@ -189,35 +197,6 @@ class Torch:
           for i in range(0, len(x), size):
             self.net(x[i:i + size])
     return _rate(run, repeats, len(images))
-
-
-class AugmentedMNIST:
-  """A map-style dataset: RandomAffine-like rotation and shift per sample with
-  PIL, then ToTensor and Normalize, the way the seeds' loaders fed PyTorch."""
-
-  def __init__(self, images: np.ndarray, labels: np.ndarray, config):
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    self.Image = Image
-    self.images, self.labels, self.config = images, labels, config
-    self.torch = torch_interop.require_torch()
-    self.rng = np.random.default_rng(0)
-
-  def __len__(self) -> int:
-    return len(self.images)
-
-  def __getitem__(self, i: int):
-    aug, Image = self.config.augment, self.Image
-    image = Image.fromarray(self.images[i])
-    angle = np.deg2rad(self.rng.uniform(-aug.degrees, aug.degrees))
-    dx, dy = np.round(self.rng.uniform(-aug.translate, aug.translate, 2) * 28)
-    cos, sin, c = np.cos(angle), np.sin(angle), 13.5
-    # Output -> input pixel map (PIL's convention), about the centre.
-    matrix = (cos, -sin, c - cos * (c + dx) + sin * (c + dy),
-              sin, cos, c - sin * (c + dx) - cos * (c + dy))
-    resample = Image.BILINEAR if aug.interpolation == 'bilinear' else Image.NEAREST
-    image = image.transform((28, 28), Image.AFFINE, matrix, resample=resample)
-    x = self.torch.from_numpy(np.asarray(image, np.float32) / 255.0)[None]
-    return (x - self.config.mean) / self.config.std, int(self.labels[i])
 
 
 def peak_memory_mb(model: str) -> dict[str, float]:
@@ -248,7 +227,7 @@ def _memory_child(framework: str, model: str) -> None:
   if framework == 'jax':
     Ours(config, images, np.zeros(60000, np.int32)).train_rate(20)
   else:
-    Torch(config).train_rate(20)
+    Torch(config, len(images)).train_rate(20)
   print((_memory_kb('VmHWM') - before) / 1024)
 
 
@@ -264,13 +243,13 @@ def bench_model(model: str, ds: data.Dataset, repeats: int, steps: int,
   config = load_config(model)
   rows: dict[str, Any] = {'model': model, 'batch_size': config.batch_size}
   ours = Ours(config, ds.train_images, ds.train_labels)
-  eager = Torch(config)
+  eager = Torch(config, len(ds.train_images))
   rows['first_step_s'] = {'jax': ours.first_step_s(), 'torch': eager.first_step_s()}
   contenders = {'jax': ours, 'torch': eager}
   rows['torch.compile'] = 'not run (--notorch_compile)'
   try:
     if torch_compile:
-      compiled = Torch(config, compiled=True)
+      compiled = Torch(config, len(ds.train_images), compiled=True)
       rows['first_step_s']['torch.compile'] = compiled.first_step_s()
       contenders['torch.compile'] = compiled
   except Exception as e:  # pylint: disable=broad-except

@@ -4,9 +4,10 @@ python -m mnist_flax.compare --config=configs/v36.py --seeds=3 [--config.data_di
 python -m mnist_flax.compare --config=configs/v36.py --identical_start [--steps=200]
 
 The PyTorch side uses `torch_interop.torch_model` (the same network spec), the
-same optimiser and scheduler as PyTorch code would (torch.optim, OneCycleLR,
-StepLR), the same data arrays, and augmentation drawn from the same
-distributions (rotation, integer shift, black fill) with `grid_sample`.
+same data arrays, and `torch_recipe`: the optimiser and scheduler PyTorch code
+would use (torch.optim, OneCycleLR, StepLR) and augmentation drawn from the
+same distributions (rotation, integer shift, black fill), warped with
+`grid_sample`.
 """
 
 from __future__ import annotations
@@ -25,54 +26,9 @@ import ml_collections
 from ml_collections import config_flags
 import numpy as np
 
-from mnist_flax import cli
-from mnist_flax import data, epoch_loop, jit_steps, models, optim, report, torch_interop, train
+from mnist_flax import (cli, data, epoch_loop, jit_steps, models, optim, report, torch_interop,
+                        torch_recipe, train)
 from mnist_flax.errors import UserError
-
-
-def torch_optimizer(torch, config, parameters, steps_per_epoch):
-  """torch.optim optimiser and scheduler for the config; scheduler steps per batch."""
-  opt, sch = config.optimizer, config.schedule
-  lr = sch.max_lr if sch.name == 'onecycle' else opt.learning_rate
-  if opt.name == 'sgd':
-    optimizer = torch.optim.SGD(parameters, lr=lr, momentum=opt.momentum,
-                                weight_decay=opt.weight_decay, nesterov=opt.nesterov)
-  else:
-    optimizer = torch.optim.Adam(parameters, lr=lr, betas=(opt.b1, opt.b2),
-                                 eps=opt.eps, weight_decay=opt.weight_decay)
-  if sch.name == 'onecycle':
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=sch.max_lr, total_steps=config.num_epochs * steps_per_epoch,
-        pct_start=sch.pct_start, div_factor=sch.div_factor,
-        final_div_factor=sch.final_div_factor, cycle_momentum=sch.cycle_momentum,
-        base_momentum=sch.base_momentum, max_momentum=sch.max_momentum)
-  elif sch.name == 'step':
-    # StepLR counts epochs: step_size epochs of steps_per_epoch batches each.
-    scheduler = torch.optim.lr_scheduler.StepLR(
-        optimizer, sch.step_size * steps_per_epoch, sch.gamma)
-  else:
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
-  return optimizer, scheduler
-
-
-def _torch_augment(torch, x, config, generator):
-  """Per-image rotation and integer shift of (N, 1, 28, 28) images in [0, 1]."""
-  aug = config.augment
-  if aug.degrees == 0 and aug.translate == 0:
-    return x
-  n, size = x.shape[0], x.shape[-1]
-  angle = torch.deg2rad((torch.rand(n, generator=generator) * 2 - 1) * aug.degrees)
-  shift = torch.round((torch.rand(n, 2, generator=generator) * 2 - 1)
-                      * aug.translate * size) * 2 / size  # normalised (x, y)
-  angle, shift = angle.to(x.device), shift.to(x.device)
-  cos, sin = torch.cos(angle), torch.sin(angle)
-  # Output -> input map, counter-clockwise as torchvision and augment.py.
-  theta = torch.stack([
-      torch.stack([cos, -sin, -(cos * shift[:, 0] - sin * shift[:, 1])], 1),
-      torch.stack([sin, cos, -(sin * shift[:, 0] + cos * shift[:, 1])], 1)], 1)
-  grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-  return torch.nn.functional.grid_sample(x, grid, mode=aug.interpolation,
-                                         padding_mode='zeros', align_corners=False)
 
 
 def _torch_step(torch, net, optimizer, scheduler, x, y, label_smoothing):
@@ -103,7 +59,8 @@ def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
   generator = torch.Generator().manual_seed(config.seed)
   net = torch_interop.torch_model(config.model).to(device)
   batches = epoch_loop.batch_starts(len(ds.train_images), config.batch_size)
-  optimizer, scheduler = torch_optimizer(torch, config, net.parameters(), len(batches))
+  optimizer, scheduler = torch_recipe.create_optimizer(config, net.parameters(),
+                                                       len(batches))
   evaluated = net
   if config.ema_decay:
     swa = torch.optim.swa_utils
@@ -122,7 +79,7 @@ def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
       idx = perm[start:start + size].to(device)
       x = images[idx]
       if epoch <= augmented_epochs:
-        x = _torch_augment(torch, x, config, generator)
+        x = torch_recipe.augment(x, config.augment, generator)
       _torch_step(torch, net, optimizer, scheduler, (x - config.mean) / config.std,
                   labels[idx], config.label_smoothing)
       if evaluated is not net:
@@ -155,8 +112,8 @@ def _seeded_torch_net(torch, config: ml_collections.ConfigDict, float64: bool):
 
 
 def _torch_losses(torch, net, config, ds, batches, steps_per_epoch, perm) -> np.ndarray:
-  optimizer, scheduler = torch_optimizer(torch, config, net.parameters(),
-                                          steps_per_epoch)
+  optimizer, scheduler = torch_recipe.create_optimizer(config, net.parameters(),
+                                                       steps_per_epoch)
   losses = []
   net.train()
   for start, size in batches:

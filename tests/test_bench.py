@@ -1,4 +1,8 @@
-"""mnist_flax.bench runs end to end and reports every measurement (small data)."""
+"""mnist_flax.bench: its models are the configs, its PyTorch side their recipe, and it
+runs end to end and reports every measurement (small data)."""
+
+import glob
+import os
 
 import pytest
 
@@ -26,3 +30,19 @@ def test_bench_reports_every_measurement(big_fake_mnist_dir):
 def test_unknown_model_is_a_user_error():
   with pytest.raises(bench.UserError, match="no config for model 'v37'"):
     bench.load_config('v37')
+
+
+def test_every_config_is_a_model():
+  paths = sorted(glob.glob(os.path.join(bench._ROOT, 'configs', '*.py')))
+  assert bench.config_names() == [os.path.basename(p)[:-3] for p in paths]
+  assert bench.load_config('champion').model == 'v36:8-12-14-18-16'
+
+
+@pytest.mark.parametrize('model,num_examples,attribute,steps', [
+    ('v36', 60000, 'total_steps', 15 * 469),   # OneCycleLR over 15 epochs
+    ('model3', 60000, 'step_size', 8 * 938),   # StepLR every 8 epochs, batch 64
+    ('v36', 4096, 'total_steps', 15 * 32)])
+def test_torch_schedule_follows_the_batch_size_and_data(model, num_examples, attribute,
+                                                        steps):
+  scheduler = bench.Torch(bench.load_config(model), num_examples).scheduler
+  assert getattr(scheduler, attribute) == steps

@@ -1,4 +1,6 @@
-"""Schedules and optimisers against PyTorch's, step for step."""
+"""optim.py's schedules and optimisers against torch_recipe's, step for step."""
+
+import copy
 
 import jax
 import jax.numpy as jnp
@@ -6,61 +8,69 @@ import numpy as np
 import optax
 import pytest
 
-from mnist_flax import optim
+from mnist_flax import epoch_loop, optim, torch_recipe
 from mnist_flax.errors import ConfigError
 from configs import model3, v36
 
 torch = pytest.importorskip('torch')
 
 
+def _momentum_name(config):
+  return 'momentum' if config.optimizer.name == 'sgd' else 'b1'
+
+
 def _torch_schedule(config, steps_per_epoch):
-  """LR and momentum PyTorch uses at every optimizer step of a whole run."""
+  """LR and momentum (Adam's: b1) torch_recipe's optimiser uses at every step
+  of a whole run."""
   p = torch.nn.Parameter(torch.zeros(1))
-  opt, sch = config.optimizer, config.schedule
-  if opt.name == 'sgd':
-    topt = torch.optim.SGD([p], lr=opt.learning_rate, momentum=opt.momentum)
-  else:
-    topt = torch.optim.Adam([p], lr=opt.learning_rate, betas=(opt.b1, opt.b2))
-  total = config.num_epochs * steps_per_epoch
-  if sch.name == 'onecycle':
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        topt, max_lr=sch.max_lr, epochs=config.num_epochs,
-        steps_per_epoch=steps_per_epoch, pct_start=sch.pct_start,
-        div_factor=sch.div_factor, final_div_factor=sch.final_div_factor,
-        cycle_momentum=sch.cycle_momentum, base_momentum=sch.base_momentum,
-        max_momentum=sch.max_momentum)
-    per_step = True
-  else:
-    scheduler = torch.optim.lr_scheduler.StepLR(topt, sch.step_size, sch.gamma)
-    per_step = False
+  topt, scheduler = torch_recipe.create_optimizer(config, [p], steps_per_epoch)
+  group = topt.param_groups[0]
   lrs, moms = [], []
-  for step in range(total):
-    lrs.append(topt.param_groups[0]['lr'])
-    moms.append(topt.param_groups[0].get('momentum', 0.0))
+  for _ in range(config.num_epochs * steps_per_epoch):
+    lrs.append(group['lr'])
+    moms.append(group['momentum'] if 'momentum' in group else group['betas'][0])
     topt.step()
-    if per_step:
-      scheduler.step()
-    elif (step + 1) % steps_per_epoch == 0:
-      scheduler.step()
+    scheduler.step()
   return np.array(lrs), np.array(moms)
 
 
-def test_onecycle_matches_torch_every_step():
-  config = v36.get_config()
-  steps = 469  # ceil(60000 / 128)
-  want_lr, want_mom = _torch_schedule(config, steps)
-  count = jnp.arange(len(want_lr))
-  total = config.num_epochs * steps
-  sch = config.schedule
-  lr = jax.vmap(optim.onecycle_lr(total, sch.max_lr, sch.pct_start,
-                                  sch.div_factor, sch.final_div_factor))(count)
-  mom = jax.vmap(optim.onecycle_momentum(total, sch.pct_start, sch.base_momentum,
-                                         sch.max_momentum))(count)
+def _jax_schedule(config, steps_per_epoch):
+  """LR and momentum (Adam's: b1) optim.py's optimiser uses at every step of a
+  whole run, as its injected hyperparameters hold them after each update."""
+  tx = optim.create_optimizer(config, steps_per_epoch).tx
+  params = jnp.zeros(1)
+  momentum = _momentum_name(config)
+
+  def step(state, _):
+    _, state = tx.update(jnp.zeros(1), state, params)
+    return state, (state.hyperparams['learning_rate'], state.hyperparams[momentum])
+
+  _, (lr, mom) = jax.lax.scan(step, tx.init(params),
+                              length=config.num_epochs * steps_per_epoch)
+  return np.asarray(lr), np.asarray(mom)
+
+
+@pytest.mark.parametrize('config_module,total', [(v36, 7035), (model3, 14070)])
+def test_whole_runs_match_torch_every_step(config_module, total):
+  """All 15 epochs over 60,000 images: OneCycle's LR and momentum cycle (v36),
+  StepLR's drop after epoch 8 (model3)."""
+  config = config_module.get_config()
+  steps_per_epoch = len(epoch_loop.batch_starts(60000, config.batch_size))
+  assert config.num_epochs * steps_per_epoch == total
+  want_lr, want_mom = _torch_schedule(config, steps_per_epoch)
+  lr, mom = _jax_schedule(config, steps_per_epoch)
   np.testing.assert_allclose(lr, want_lr, rtol=1e-6)
   np.testing.assert_allclose(mom, want_mom, rtol=1e-6)
-  # And through the config path the trainer uses.
-  lr_cfg = jax.vmap(optim.create_optimizer(config, steps).learning_rate)(count)
+  # And the LR schedule the trainer reports.
+  lr_cfg = jax.vmap(optim.create_optimizer(config, steps_per_epoch).learning_rate)(
+      jnp.arange(total))
   np.testing.assert_allclose(lr_cfg, want_lr, rtol=1e-6)
+  if config.schedule.name == 'step':
+    drop = 8 * steps_per_epoch
+    np.testing.assert_allclose(want_lr[[0, drop - 1, drop, -1]],
+                               [0.005, 0.005, 0.0005, 0.0005], rtol=1e-12)
+  else:
+    assert want_mom.min() == pytest.approx(0.85) and want_mom[0] == 0.95
 
 
 # The LR the first seed's log prints after each of epochs 1-14 (6 decimals).
@@ -92,24 +102,17 @@ def test_onecycle_matches_torch_other_shapes(pct_start, div, final_div):
   np.testing.assert_allclose(mom, want_mom, rtol=1e-6)
 
 
-def test_step_lr_matches_torch_every_step():
-  config = model3.get_config()
-  steps = 938  # ceil(60000 / 64)
-  want_lr, _ = _torch_schedule(config, steps)
-  lr = jax.vmap(optim.create_optimizer(config, steps).learning_rate)(
-      jnp.arange(len(want_lr)))
-  np.testing.assert_allclose(lr, want_lr, rtol=1e-6)
-
-
-def _parity(config, steps_per_epoch, torch_opt_fn, torch_sched_fn=None, steps=100):
+def _parity(config, steps_per_epoch, torch_config=None, steps=100):
+  """optim.py's optimiser and torch_recipe's for `torch_config` (default: the
+  same config) take the same parameters through `steps` random gradients."""
   rng = np.random.default_rng(0)
   shapes = {'w': (3, 4), 'b': (4,)}
   init = {k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
   grads = [{k: rng.normal(size=s).astype(np.float32) for k, s in shapes.items()}
            for _ in range(steps)]
   tparams = {k: torch.nn.Parameter(torch.tensor(v)) for k, v in init.items()}
-  topt = torch_opt_fn(list(tparams.values()))
-  tsched = torch_sched_fn(topt) if torch_sched_fn else None
+  topt, tsched = torch_recipe.create_optimizer(torch_config or config,
+                                               list(tparams.values()), steps_per_epoch)
   tx = optim.create_optimizer(config, steps_per_epoch).tx
   params = jax.tree.map(jnp.asarray, init)
   state = tx.init(params)
@@ -118,76 +121,55 @@ def _parity(config, steps_per_epoch, torch_opt_fn, torch_sched_fn=None, steps=10
     for k, p in tparams.items():
       p.grad = torch.tensor(g[k])
     topt.step()
-    if tsched:
-      tsched.step()
+    tsched.step()
     updates, state = update(jax.tree.map(jnp.asarray, g), state, params)
     params = optax.apply_updates(params, updates)
   for k, p in tparams.items():
     np.testing.assert_allclose(params[k], p.detach().numpy(), atol=1e-5, rtol=0)
 
 
-def _torch_onecycle(config, total_steps):
-  sch = config.schedule
-  return lambda o: torch.optim.lr_scheduler.OneCycleLR(
-      o, max_lr=sch.max_lr, total_steps=total_steps, pct_start=sch.pct_start,
-      div_factor=sch.div_factor, final_div_factor=sch.final_div_factor,
-      cycle_momentum=sch.cycle_momentum)
-
-
 @pytest.mark.parametrize('nesterov', [False, True])
 def test_sgd_onecycle_weight_decay_matches_torch(nesterov):
   config = v36.get_config()
   config.num_epochs, config.optimizer.weight_decay = 2, 1e-2
-  torch_sgd = lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=1e-2,
-                                         nesterov=nesterov)
   config.optimizer.nesterov = nesterov
-  _parity(config, 50, torch_sgd, _torch_onecycle(config, 100))
-  config.optimizer.nesterov = not nesterov
+  _parity(config, 50)
+  other = copy.deepcopy(config)
+  other.optimizer.nesterov = not nesterov
   with pytest.raises(AssertionError):  # the comparison tells the two apart
-    _parity(config, 50, torch_sgd, _torch_onecycle(config, 100))
+    _parity(other, 50, torch_config=config)
 
 
 def test_sgd_fixed_momentum_matches_torch():
   config = v36.get_config()
   config.num_epochs = 2
   config.schedule.cycle_momentum = False
-  _parity(config, 50,
-          lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.98, weight_decay=5e-5,
-                                     nesterov=config.optimizer.nesterov),
-          _torch_onecycle(config, 100))
+  _parity(config, 50)
 
 
 def test_adam_step_lr_matches_torch():
   config = model3.get_config()
   config.optimizer.weight_decay = 1e-3
+  # StepLR's drop every 20 steps: epochs of 20 steps, step_size 1 epoch.
   config.schedule.step_size = 1
-  # StepLR once per 20 steps: epochs of 20 steps, step_size 1 epoch.
-  steps_per_epoch = 20
-  counter = {'n': 0}
-
-  def sched(o):
-    s = torch.optim.lr_scheduler.StepLR(o, 1, config.schedule.gamma)
-
-    class PerEpoch:
-      def step(self):
-        counter['n'] += 1
-        if counter['n'] % steps_per_epoch == 0:
-          s.step()
-    return PerEpoch()
-
-  _parity(config, steps_per_epoch,
-          lambda ps: torch.optim.Adam(ps, lr=0.005, weight_decay=1e-3), sched)
+  _parity(config, 20)
 
 
-def test_unknown_optimizer_and_schedule():
+@pytest.mark.parametrize('create', [
+    lambda config: optim.create_optimizer(config, 10),
+    lambda config: torch_recipe.create_optimizer(config, [torch.zeros(1)], 10)])
+def test_unknown_optimizer_and_schedule(create):
   config = v36.get_config()
   config.optimizer.name = 'lamb'
   with pytest.raises(ValueError, match="unknown optimizer 'lamb'"):
-    optim.create_optimizer(config, 10)
+    create(config)
   config = v36.get_config()
   config.schedule.name = 'cosine'
   with pytest.raises(ValueError, match="unknown schedule 'cosine'"):
-    optim.create_optimizer(config, 10)
+    create(config)
+
+
+def test_nesterov_adam_is_a_config_error():
   config = model3.get_config()
   config.optimizer.nesterov = True
   with pytest.raises(ConfigError, match='optimizer.nesterov is for SGD'):
