@@ -20,12 +20,12 @@ def test_identical_start_agrees(config_module, float32_steps, mnist_dir):
   ds = data.load_idx_dir(mnist_dir)
   config = config_module.get_config()
   # In float64 the two frameworks compute the same thing step for step (the
-  # README's 50 steps agree within 2.4e-8; 25 keep the suite short).
+  # docs/interop.md's 50 steps agree within 2.4e-8; 25 keep the suite short).
   jl, tl = compare.identical_start(config, ds, steps=25, float64=True)
   assert np.abs(jl - tl).max() < 1e-6
   # In float32 rounding differences (~1e-7) grow with training; measured here
   # they pass 1e-3 at step 31 (v36) and 8-9 (model3, Adam): test well before.
-  # PyTorch on 1 thread against 2 passes it at steps 16 and 14 (README).
+  # PyTorch on 1 thread against 2 passes it at steps 16 and 14 (docs/interop.md).
   jl, tl = compare.identical_start(config, ds, steps=float32_steps)
   assert np.abs(jl - tl).max() < 1e-3
   assert np.abs(jl[0] - tl[0]) < 1e-5  # same weights, same batch
