@@ -51,13 +51,21 @@ def torch_inputs(torch, images_u8: np.ndarray):
 
 
 def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
-                device: str = 'cpu', log=print) -> list[dict[str, Any]]:
-  """The config's recipe in plain PyTorch on `device`; per-epoch test metrics."""
+                device: str = 'cpu', log=print, compile_mode: str = '',
+                channels_last: bool = False) -> list[dict[str, Any]]:
+  """The config's recipe in plain PyTorch on `device`; per-epoch test metrics.
+
+  The data stays on `device`, augmented there in batches. `compile_mode`: train
+  through torch.compile in that mode ('reduce-overhead' adds CUDA graphs);
+  `channels_last`: NHWC memory layout, usually faster for cuDNN convolutions.
+  """
   torch = torch_interop.require_torch()
   F = torch.nn.functional
   torch.manual_seed(config.seed)
   generator = torch.Generator().manual_seed(config.seed)
-  net = torch_interop.torch_model(config.model).to(device)
+  layout = torch.channels_last if channels_last else torch.contiguous_format
+  net = torch_interop.torch_model(config.model).to(device, memory_format=layout)
+  trained = torch.compile(net, mode=compile_mode) if compile_mode else net
   batches = epoch_loop.batch_starts(len(ds.train_images), config.batch_size)
   optimizer, scheduler = torch_recipe.create_optimizer(config, net.parameters(),
                                                        len(batches))
@@ -80,8 +88,9 @@ def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
       x = images[idx]
       if epoch <= augmented_epochs:
         x = torch_recipe.augment(x, config.augment, generator)
-      _torch_step(torch, net, optimizer, scheduler, (x - config.mean) / config.std,
-                  labels[idx], config.label_smoothing)
+      x = ((x - config.mean) / config.std).contiguous(memory_format=layout)
+      _torch_step(torch, trained, optimizer, scheduler, x, labels[idx],
+                  config.label_smoothing)
       if evaluated is not net:
         evaluated.update_parameters(net)
     evaluated.eval()
@@ -198,7 +207,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def compare(config: ml_collections.ConfigDict, seeds: int, workdir: str,
-            torch_device: str = 'cpu') -> str:
+            torch_device: str = 'cpu', **torch_options: Any) -> str:
   """Trains `seeds` seeds in each framework; returns the table."""
   torch_interop.require_torch()
   ds = data.load_for(config)
@@ -213,7 +222,7 @@ def compare(config: ml_collections.ConfigDict, seeds: int, workdir: str,
     rows.append({'framework': 'jax', 'seed': seed, 'wall_s': time.time() - start,
                  **dict(zip(('final3', 'best'), _summary(result.history)))})
     start = time.time()
-    history = train_torch(cfg, ds, torch_device)
+    history = train_torch(cfg, ds, torch_device, **torch_options)
     rows.append({'framework': 'pytorch', 'seed': seed, 'wall_s': time.time() - start,
                  **dict(zip(('final3', 'best'), _summary(history)))})
   rows.sort(key=lambda r: (r['framework'] != 'jax', r['seed']))
@@ -230,6 +239,10 @@ def _define_flags() -> None:
                     'beside PyTorch against itself on another thread count.')
   flags.DEFINE_integer('steps', 200, 'Steps for --identical_start.')
   flags.DEFINE_string('torch_device', 'cpu', "PyTorch's device: cpu or cuda.")
+  flags.DEFINE_enum('torch_compile', '', ['', 'default', 'reduce-overhead', 'max-autotune'],
+                    "Train PyTorch through torch.compile in this mode ('reduce-overhead' "
+                    "adds CUDA graphs); '': eager.")
+  flags.DEFINE_bool('channels_last', False, 'PyTorch in the NHWC memory layout.')
   flags.mark_flag_as_required('config')
 
 
@@ -239,7 +252,8 @@ def main(argv):
   try:
     torch_interop.require_torch()
     if not f.identical_start:
-      print(compare(f.config, f.seeds, f.workdir, f.torch_device))
+      print(compare(f.config, f.seeds, f.workdir, f.torch_device,
+                    compile_mode=f.torch_compile, channels_last=f.channels_last))
       return
     ds = data.load_for(f.config)
     jl, tl = identical_start(f.config, ds, f.steps)

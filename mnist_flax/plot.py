@@ -8,8 +8,6 @@ python -m mnist_flax.plot [--workdir=DIR ...] --kind=frontier [--results=runs.cs
 from __future__ import annotations
 
 import csv
-import glob
-import json
 import os
 import sys
 
@@ -28,22 +26,12 @@ SEEDS_REPORTED = {'v36': 99.420, 'model1': 99.180, 'model2': 99.277,
                   'model3': 99.483}
 
 
-def read_history(workdir: str) -> list[dict]:
-  path = os.path.join(workdir, 'metrics.jsonl')
-  try:
-    with open(path) as f:
-      return [json.loads(line) for line in f if line.strip()]
-  except FileNotFoundError:
-    raise UserError(f'{path} not found: --workdir must be a directory that '
-                    'mnist_flax.main trained in') from None
-
-
 def plot_curves(workdirs: list[str], out: str, target: float = 99.4) -> None:
   """Test accuracy per epoch of several runs, with the target line."""
   fig, ax = plt.subplots(figsize=(8, 5))
   lowest = target
   for workdir in workdirs:
-    history = read_history(workdir)
+    history = report.read_history(workdir)
     acc = [h['test_accuracy'] for h in history]
     ax.plot([h['epoch'] for h in history], acc, marker='o', markersize=3,
             label=os.path.basename(os.path.normpath(workdir)))
@@ -92,24 +80,15 @@ def plot_confusion(workdir: str, out: str, which: str = 'latest',
   plt.close(fig)
 
 
-def seed_dirs(workdirs: list[str]) -> list[str]:
-  """The runs in `workdirs`: a K-seed workdir stands for its seed_S runs."""
-  runs = []
-  for workdir in workdirs:
-    seeds = sorted(glob.glob(os.path.join(workdir, 'seed_*', 'metrics.jsonl')))
-    runs += [os.path.dirname(p) for p in seeds] or [workdir]
-  return runs
-
-
 RESULT_FIELDS = ('model', 'split', 'seed', 'final3')
 
 
 def seed_results(workdirs: list[str]) -> list[dict]:
   """One row per run in `workdirs`: network, evaluation split, seed, final-3 average."""
   rows = []
-  for run in seed_dirs(workdirs):
+  for run in report.seed_dirs(workdirs):
     config = checkpoint.load_config(run)
-    final3 = report.final_analysis(read_history(run), config.target_accuracy)
+    final3 = report.final_analysis(report.read_history(run), config.target_accuracy)
     rows.append({'model': config.model, 'split': report.eval_split(config),
                  'seed': int(config.seed),
                  # float32 accuracies: 4 decimals hold all there is (1/300 %).

@@ -4,6 +4,7 @@ metrics files (metrics.jsonl and TensorBoard events).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 import numpy as np
 import ml_collections
 
+from mnist_flax.errors import UserError
 from mnist_flax.jit_steps import Metrics
 
 
@@ -83,3 +85,23 @@ class MetricWriter:
   def close(self) -> None:
     self._jsonl.close()
     self._tb.close()
+
+
+def read_history(workdir: str) -> list[dict]:
+  """A finished or running workdir's per-epoch records (metrics.jsonl)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  try:
+    with open(path) as f:
+      return [json.loads(line) for line in f if line.strip()]
+  except FileNotFoundError:
+    raise UserError(f'{path} not found: --workdir must be a directory that '
+                    'mnist_flax.main trained in') from None
+
+
+def seed_dirs(workdirs: list[str]) -> list[str]:
+  """The runs in `workdirs`: a K-seed workdir stands for its seed_S runs."""
+  runs = []
+  for workdir in workdirs:
+    seeds = sorted(glob.glob(os.path.join(workdir, 'seed_*', 'metrics.jsonl')))
+    runs += [os.path.dirname(p) for p in seeds] or [workdir]
+  return runs

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_flax import plot, train
+from mnist_flax import plot, report, train
 from mnist_flax.errors import UserError
 from conftest import small_config, write_fake_mnist
 
@@ -39,7 +39,7 @@ def test_missing_run_is_a_clear_error(tmp_path):
 
 def test_frontier_groups_seeds_by_network(two_runs, tmp_path):
   rows = plot.frontier(plot.seed_results(two_runs))
-  final3 = [np.mean([h['test_accuracy'] for h in plot.read_history(w)[-3:]])
+  final3 = [np.mean([h['test_accuracy'] for h in report.read_history(w)[-3:]])
             for w in two_runs]
   assert len(rows) == 1
   row = rows[0]

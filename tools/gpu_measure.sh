@@ -8,8 +8,9 @@
 # V36 (configs/v36.py, 15 epochs): 1, 8 and 32 seeds in one program at JAX's
 # default precision (TF32 convolutions on Hopper), 16 seeds at full float32 and 8
 # in bfloat16; then PyTorch's same recipe on the same card (data and augmentation
-# on the GPU, compare.train_torch). runs.json summarises every JAX program
-# (tools/run_summary.py); compare.log has PyTorch's accuracy and wall time.
+# on the GPU, compare.train_torch), eager, then channels_last through
+# torch.compile with CUDA graphs. runs.json summarises every JAX program
+# (tools/run_summary.py); compare_*.log have PyTorch's accuracy and wall time.
 set -euo pipefail
 out=$1
 data=$2
@@ -49,8 +50,15 @@ run float32_k16 --config.num_seeds="${k[3]}" --config.precision=float32
 run bfloat16_k8 --config.num_seeds="${k[4]}" --config.precision=bfloat16
 python tools/run_summary.py "$out"/runs/* > "$out/runs.json"
 
-start=$SECONDS
-python -m mnist_flax.compare "${args[@]}" --seeds=1 --torch_device="$torch_device" \
-  --workdir="$out/runs_compare" > "$out/logs/compare.log" 2>&1
-echo "compare $((SECONDS - start))" >> "$out/logs/process_s.txt"
+compare() {  # NAME FLAGS...: JAX and PyTorch, one seed each, in one process
+  local name=$1
+  shift
+  local start=$SECONDS
+  python -m mnist_flax.compare "${args[@]}" --seeds=1 --torch_device="$torch_device" \
+    --workdir="$out/runs_$name" "$@" > "$out/logs/$name.log" 2>&1
+  echo "$name $((SECONDS - start))" >> "$out/logs/process_s.txt"
+}
+
+compare compare_eager
+compare compare_compiled --channels_last --torch_compile=reduce-overhead
 echo done

@@ -17,14 +17,14 @@ import statistics
 import sys
 from typing import Any
 
-from mnist_flax import checkpoint, plot, report
+from mnist_flax import checkpoint, report
 
 
 def summarise(workdir: str) -> dict[str, Any]:
   """One program's seeds, accuracy and times."""
-  runs = plot.seed_dirs([workdir])
+  runs = report.seed_dirs([workdir])
   config = checkpoint.load_config(runs[0])
-  histories = [plot.read_history(run) for run in runs]
+  histories = [report.read_history(run) for run in runs]
   times = [h['epoch_time_s'] for h in histories[0]]
   later = statistics.median(times[1:]) if len(times) > 1 else 0.0
   compile_s = times[0] - later
