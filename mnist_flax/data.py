@@ -209,8 +209,8 @@ def load_tfds(dataset: str = 'mnist', tfds_data_dir: str | None = None) -> Datas
   """
   dataset_info(dataset)
   try:
-    import tensorflow as tf
     import tensorflow_datasets as tfds
+    import tensorflow as tf
   except ImportError as e:
     raise DataError(f'the TFDS data path needs TensorFlow Datasets and TensorFlow '
                     f"({e}): pip install 'mnist_flax[tfds]', or pass "

@@ -137,11 +137,11 @@ def test_mnist_files_offered_as_another_dataset(mnist_dir):
     data.load_idx_dir(mnist_dir, 'fashion_mnist')
 
 
-@pytest.mark.parametrize('missing', ['tensorflow', 'tensorflow_datasets'])
-def test_tfds_path_names_its_extra(missing, monkeypatch, tmp_path):
-  # The TFDS path under mock_data, with TensorFlow: tests/test_install.py.
-  monkeypatch.setitem(sys.modules, missing, None)  # import fails, as uninstalled
+def test_tfds_path_names_its_extra(monkeypatch, tmp_path):
+  # The TFDS path under mock_data, with TensorFlow: tests/test_install.py; a
+  # bare install without either: the same file.
+  monkeypatch.setitem(sys.modules, 'tensorflow_datasets', None)  # as uninstalled
   with pytest.raises(DataError, match=r"^the TFDS data path needs TensorFlow Datasets and "
-                     rf"TensorFlow \(.*{missing}.*\): pip install 'mnist_flax\[tfds\]', "
+                     r"TensorFlow \(.*tensorflow_datasets.*\): pip install 'mnist_flax\[tfds\]', "
                      r'or pass --config.data_dir=DIR with the four IDX files$'):
     data.load('mnist', tfds_data_dir=str(tmp_path))

@@ -198,5 +198,5 @@ def test_bare_install_trains_on_idx_files_and_names_the_tfds_extra(
   assert run.returncode == 1
   assert run.stderr.strip().splitlines() == [
       "error: the TFDS data path needs TensorFlow Datasets and TensorFlow (No module "
-      "named 'tensorflow'): pip install 'mnist_flax[tfds]', or pass "
+      "named 'tensorflow_datasets'): pip install 'mnist_flax[tfds]', or pass "
       "--config.data_dir=DIR with the four IDX files"]
