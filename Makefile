@@ -13,7 +13,7 @@ DATA_DIR ?= $(or $(MNIST_DIR),$(wildcard ../shared/mnist))
 CORE    := $(VENV)/.core$(if $(DATA_DIR),,-tfds)
 ARGS    ?=
 
-.PHONY: train test clean
+.PHONY: train test mutants clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -38,6 +38,10 @@ train: $(CORE)
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q -ra tests
+
+# Plants known bugs one at a time and fails if a test written for one misses it.
+mutants: $(VENV)/.test
+	$(PY) tools/mutants.py
 
 clean:
 	rm -rf $(VENV) workdirs
