@@ -52,3 +52,12 @@ def test_train_cli_runs(mnist_dir, tmp_path):
   assert 'Epoch  1/1: train loss' in proc.stdout
   assert 'FINAL 3 EPOCHS ANALYSIS' in proc.stdout
   assert (tmp_path / 'metrics.jsonl').exists()
+
+
+def test_unwritable_workdir_is_a_one_line_error(fake_mnist_dir, tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a directory')
+  proc = _run('mnist_flax.main', '--config=configs/v36.py',
+              f'--workdir={blocker / "w"}', f'--config.data_dir={fake_mnist_dir}',
+              '--config.verify_checksums=False')
+  _one_line_error(proc, f'workdir {blocker / "w"} is not writable')

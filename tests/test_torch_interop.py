@@ -54,7 +54,7 @@ def test_converted_logits_equal_torch_on_real_images(name, mnist_dir):
   assert np.abs(got - want).max() <= 1e-4
 
 
-@pytest.mark.parametrize('name', ['v36', 'model3'])
+@pytest.mark.parametrize('name', MODELS)
 def test_round_trip_through_a_workdir_is_exact(name, tmp_path, mnist_dir):
   net = _trained_torch_model(name, seed=1)
   src = tmp_path / 'in.pt'
