@@ -68,9 +68,9 @@ def test_round_trip_through_a_workdir_is_exact(name, tmp_path, mnist_dir):
   for key in before:
     assert before[key].dtype == after[key].dtype, key
     assert torch.equal(before[key], after[key]), key
-  # evaluate reads the converted checkpoint.
-  result, logits, _ = evaluate.evaluate_checkpoint(workdir)
-  assert logits.shape == (10000, 10) and result['epoch'] == 0
+  if name == 'v36':  # evaluate reads a converted checkpoint (one model is enough)
+    result, logits, _ = evaluate.evaluate_checkpoint(workdir)
+    assert logits.shape == (10000, 10) and result['epoch'] == 0
 
 
 def test_mismatched_state_dicts_name_the_key():
