@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import signal
 
-from orbax.checkpoint._src.path import atomicity
+from orbax.checkpoint.path import atomicity
 
 ENV = 'MNIST_FLAX_KILL_AT'
 
