@@ -15,7 +15,7 @@ CORE    := $(VENV)/.core$(if $(DATA_DIR),,-tfds)
 ARGS    ?=
 LOGDIR  ?= workdirs
 
-.PHONY: train test tensorboard clean
+.PHONY: train test tensorboard mutants clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -47,6 +47,10 @@ $(VENV)/.tensorboard: | $(PY)
 
 tensorboard: $(VENV)/.tensorboard
 	$(VENV)/bin/tensorboard --logdir $(LOGDIR)
+
+# Plants known bugs one at a time and fails if a test written for one misses it.
+mutants: $(VENV)/.test
+	$(PY) tools/mutants.py
 
 clean:
 	rm -rf $(VENV) workdirs

@@ -22,7 +22,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
-from mnist_flax import jit_steps, models, optim
+from mnist_flax import jit_steps, kill_switch, models, optim
 from mnist_flax.config import base_config
 from mnist_flax.errors import UserError
 
@@ -81,7 +81,8 @@ class Checkpoints:
         policies.BestN(get_metric_fn=lambda m: m['test_accuracy'], n=1)])
     options = ocp.CheckpointManagerOptions(
         preservation_policy=policy, enable_async_checkpointing=False,
-        create=not read_only, read_only=read_only)
+        create=not read_only, read_only=read_only,
+        temporary_path_class=kill_switch.temporary_path_class())
     try:
       self._manager = ocp.CheckpointManager(self.directory, options=options)
     except OSError as e:

@@ -16,7 +16,8 @@ import jax
 import ml_collections
 import tqdm
 
-from mnist_flax import checkpoint, data, epoch_loop, models, optim, parallel, report
+from mnist_flax import (checkpoint, data, epoch_loop, kill_switch, models, optim,
+                        parallel, report)
 from mnist_flax.epoch_loop import stack, unstack
 from mnist_flax.errors import ConfigError, UserError
 from mnist_flax.jit_steps import (Metrics, TrainState, create_train_state,
@@ -219,11 +220,13 @@ def _train_epochs(config: ml_collections.ConfigDict, runs: list[_Run],
   for epoch in range(len(runs[0].history) + 1, config.num_epochs + 1):
     start_time = time.time()
     perm = permute(state.rng, epoch)
+    first_step = (epoch - 1) * len(batches)
     bar = tqdm.tqdm(total=len(batches), desc=f'Epoch {epoch}', leave=False,
                     disable=not (config.progress_bar and parallel.is_primary()),
                     mininterval=1.0)
 
     def progress(done: int, metrics: Metrics) -> None:
+      kill_switch.after_steps(first_step + 1, first_step + done)
       bar.update(done - bar.n)
       if config.progress_bar and done % 50 < per_dispatch:
         m = unstack(jax.device_get(metrics), 0) if stacked else jax.device_get(metrics)

@@ -27,13 +27,19 @@ def test_param_counts_match_the_seeds(name, count):
 
 
 @pytest.mark.parametrize('name', SEED_COUNTS)
-def test_output_shape_and_log_probabilities(name):
+def test_output_is_ten_logits_per_image(name):
+  """The Flax nets end in logits (the loss and evaluation apply log_softmax;
+  the PyTorch twins end in it): ten finite values per image, that image's own."""
   model = models.create_model(name)
   variables = models.init_variables(model, jax.random.key(0))
   x = jax.random.normal(jax.random.key(1), (3, 28, 28, 1))
-  logits = model.apply(variables, x, train=False)
-  assert logits.shape == (3, 10)
+  logits = np.asarray(model.apply(variables, x, train=False))
+  assert logits.shape == (3, 10) and np.isfinite(logits).all()
   assert arch.output_shape(arch.get_network(name)) == (1, 1, 10)
+  assert not np.allclose(np.exp(logits).sum(-1), 1.0)  # not log-probabilities
+  # In evaluation mode an image's logits do not depend on the rest of its batch.
+  np.testing.assert_allclose(model.apply(variables, x[1:2], train=False), logits[1:2],
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_v36_family_by_widths():

@@ -6,14 +6,13 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from mnist_flax import checkpoint, data, evaluate, jit_steps, predict, train
+from mnist_flax import checkpoint, data, evaluate, jit_steps, kill_switch, predict, train
 from conftest import small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,38 +46,51 @@ def _corrupt(workdir, step):
         f.write(b'\x07' * max(size, 1))
 
 
-def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(big_fake_mnist_dir, tmp_path):
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+  """The CLI arguments of a 3-epoch run of 16 steps an epoch, and its workdir."""
+  from conftest import write_fake_mnist  # pylint: disable=g-import-not-at-top
+  data_dir = tmp_path_factory.mktemp('fake')
+  write_fake_mnist(data_dir, n_train=1024)
   args = ['mnist_flax.main', '--config=configs/v36.py',
-          f'--config.data_dir={big_fake_mnist_dir}', '--config.verify_checksums=False',
-          '--config.batch_size=64', '--config.train_examples=2048', '--config.num_epochs=4',
-          '--config.progress_bar=False']
-  clean = _cli(*args, f'--workdir={tmp_path / "clean"}')
-  out, err = clean.communicate(timeout=300)
+          f'--config.data_dir={data_dir}', '--config.verify_checksums=False',
+          '--config.batch_size=64', '--config.num_epochs=3',
+          '--config.progress_bar=False', '--config.steps_per_dispatch=4']
+  workdir = tmp_path_factory.mktemp('clean') / 'w'
+  clean = _cli(*args, f'--workdir={workdir}')
+  _, err = clean.communicate(timeout=300)
   assert clean.returncode == 0, err
+  return args, workdir
 
+
+@pytest.mark.parametrize('moment', [
+    'step:22',  # mid-epoch 2, inside a dispatch of 4 steps (17-20, 21-24)
+    'save:32',  # inside the save of epoch 2, before orbax's rename
+])
+def test_sigkill_then_resume_equals_uninterrupted(uninterrupted, tmp_path, moment):
+  args, clean = uninterrupted
   workdir = tmp_path / 'killed'
-  proc = _cli(*args, f'--workdir={workdir}')
-  first = workdir / 'checkpoints' / '32'  # 2048 / 64 steps: end of epoch 1
-  deadline = time.time() + 240
-  while not first.exists() and time.time() < deadline:
-    time.sleep(0.05)
-  time.sleep(0.5)  # into epoch 2
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  saved = checkpoint.Checkpoints(str(workdir), read_only=True).steps()
-  assert saved and max(saved) < 128, saved  # killed before the end
+  killed = _cli(*args, f'--workdir={workdir}',
+                env={**os.environ, kill_switch.ENV: moment})
+  out, err = killed.communicate(timeout=300)
+  assert killed.returncode == -signal.SIGKILL, err
+  assert checkpoint.Checkpoints(str(workdir), read_only=True).steps() == [16]
+  leftovers = [n for n in os.listdir(workdir / 'checkpoints') if 'tmp' in n]
+  # Killed mid-save: the half-made checkpoint is there, under a name no reader takes.
+  assert bool(leftovers) == moment.startswith('save'), leftovers
 
   resumed = _cli(*args, f'--workdir={workdir}')
   out, err = resumed.communicate(timeout=300)
   assert resumed.returncode == 0, err
-  assert 'Resuming from the checkpoint of epoch' in out
-  assert _jsonl(workdir) == _jsonl(tmp_path / 'clean')
-  assert len(_jsonl(workdir)) == 4
+  assert 'Resuming from the checkpoint of epoch 1 (step 16)' in out
+  assert _jsonl(workdir) == _jsonl(clean)
+  assert len(_jsonl(workdir)) == 3
 
-  again = _cli(*args, f'--workdir={workdir}')
-  out, _ = again.communicate(timeout=300)
-  assert again.returncode == 0 and 'already finished (4 epochs); nothing to do' in out
-  assert 'Epoch ' not in out.replace('(epoch', '')
+  if moment.startswith('step'):  # once is enough
+    again = _cli(*args, f'--workdir={workdir}')
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0 and 'already finished (3 epochs); nothing to do' in out
+    assert 'Epoch ' not in out.replace('(epoch', '')
 
 
 def test_corrupt_latest_checkpoint_falls_back(fake_mnist_dir, tmp_path, capsys):

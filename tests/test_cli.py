@@ -103,3 +103,12 @@ def test_verbosity_brings_the_library_logs_back(trained_workdir):
   assert proc.returncode == 0, proc.stderr
   assert proc.stdout.count('\n') == 1
   assert 'CheckpointManager' in proc.stderr
+
+
+def test_unwritable_workdir_is_a_one_line_error(fake_mnist_dir, tmp_path):
+  blocker = tmp_path / 'file'
+  blocker.write_text('not a directory')
+  proc = _run('mnist_flax.main', '--config=configs/v36.py',
+              f'--workdir={blocker / "w"}', f'--config.data_dir={fake_mnist_dir}',
+              '--config.verify_checksums=False')
+  _one_line_error(proc, f'workdir {blocker / "w"} is not writable')

@@ -9,10 +9,12 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mnist_flax import checkpoint, parallel, train
+from mnist_flax import checkpoint, epoch_loop, jit_steps, models, optim, parallel, train
+from configs import v36
 from mnist_flax.errors import UserError
 from conftest import small_config
 
@@ -149,13 +151,13 @@ def test_padded_eval_batches():
 
 @pytest.mark.parametrize('how', ['vmap', 'unroll'])
 def test_k_seeds_at_once_equal_k_single_runs(fake_mnist_dir, tmp_path, capsys, how):
-  # Vmapped convolutions round differently (6e-8 after one step). Under the V36
-  # schedule on this fake data the gap grows ~10x per step (1e-3 after 8), as
-  # any float32 difference would, so: a constant rate, 2 epochs of 4 steps.
-  # Seeds 6-8 then agree to 1e-6; seed 5 ends 3e-4 apart (a rounding-level
-  # difference flips a discrete choice, max-pool or ReLU) wherever it sits in
-  # the stack. Nesterov's look-ahead amplifies the gap further (5e-4), so plain
-  # momentum: what is tested is the stacking of seeds, not the optimiser.
+  # The plumbing (seed directories, logs, metrics) in float32. Vmapped
+  # convolutions round differently (6e-8 after one step) and training amplifies
+  # that chaotically: under the V36 schedule ~10x per step, so a constant rate,
+  # plain momentum and 2 epochs of 4 steps. Seeds 6-8 then agree to 1e-6, but
+  # seed 5 ends 3e-4 apart, so the float32 tolerance is not a property of every
+  # seed; in float64 every seed agrees to 1e-15
+  # (test_stacked_steps_equal_single_steps_in_float64).
   def make(**overrides):
     c = small_config(fake_mnist_dir, epochs=2, **overrides)
     c.schedule.name, c.optimizer.learning_rate = 'constant', 0.01
@@ -178,6 +180,34 @@ def test_k_seeds_at_once_equal_k_single_runs(fake_mnist_dir, tmp_path, capsys, h
   with pytest.raises(checkpoint.CheckpointError,
                      match=r'holds a run of 3 seeds: choose one with --workdir=.*seed_6'):
     checkpoint.load_checkpoint(str(tmp_path / 'k'))
+
+
+def test_stacked_steps_equal_single_steps_in_float64():
+  """Seeds 5 and 6 vmapped (5 drifts 3e-4 in float32), 3 steps. Unrolled
+  seeds run the single seed's own ops; the float32 test covers them."""
+  config = v36.get_config()
+  config.seed_parallelism = 'vmap'
+  model = models.create_model('v36')
+  tx = optim.create_optimizer(config, steps_per_epoch=4).tx
+  images = jax.random.randint(jax.random.key(1), (64, 28, 28), 0, 256).astype('uint8')
+  labels = jax.random.randint(jax.random.key(2), (64,), 0, 10)
+  with jax.enable_x64():
+    states = [jit_steps.create_train_state(model, tx, jax.random.key(s)) for s in (5, 6)]
+    perms = [jit_steps.epoch_permutation(s.rng, 1, 64) for s in states]
+    single = epoch_loop.make_steps(model, tx, config, 4)
+    stacked = epoch_loop.make_steps(model, tx, config, 4, stacked=True)
+    state, metrics = epoch_loop.stack(states), epoch_loop.stack([jit_steps.zero_metrics()] * 2)
+    for step in range(3):
+      state, metrics = stacked.train(state, metrics, images, labels, jnp.stack(perms),
+                                     8 * step, batch_size=8)
+    for k, one in enumerate(states):
+      m = jit_steps.zero_metrics()
+      for step in range(3):
+        one, m = single.train(one, m, images, labels, perms[k], 8 * step, batch_size=8)
+      assert jax.tree.leaves(one.params)[0].dtype == jnp.float64
+      _assert_close(epoch_loop.unstack(state, k).variables, one.variables, 1e-13)
+      assert float(epoch_loop.unstack(metrics, k)['loss']) == pytest.approx(
+          float(m['loss']), rel=1e-13)
 
 
 def _variables(workdir):

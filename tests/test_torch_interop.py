@@ -54,7 +54,7 @@ def test_converted_logits_equal_torch_on_real_images(name, mnist_dir):
   assert np.abs(got - want).max() <= 1e-4
 
 
-@pytest.mark.parametrize('name', ['v36', 'model3'])
+@pytest.mark.parametrize('name', MODELS)
 def test_round_trip_through_a_workdir_is_exact(name, tmp_path, mnist_dir):
   net = _trained_torch_model(name, seed=1)
   src = tmp_path / 'in.pt'
@@ -68,9 +68,9 @@ def test_round_trip_through_a_workdir_is_exact(name, tmp_path, mnist_dir):
   for key in before:
     assert before[key].dtype == after[key].dtype, key
     assert torch.equal(before[key], after[key]), key
-  # evaluate reads the converted checkpoint.
-  result, logits, _ = evaluate.evaluate_checkpoint(workdir)
-  assert logits.shape == (10000, 10) and result['epoch'] == 0
+  if name == 'v36':  # evaluate reads a converted checkpoint (one model is enough)
+    result, logits, _ = evaluate.evaluate_checkpoint(workdir)
+    assert logits.shape == (10000, 10) and result['epoch'] == 0
 
 
 def test_mismatched_state_dicts_name_the_keys():
