@@ -208,7 +208,7 @@ def load_checkpoint(workdir: str, which: str = 'latest'
   # A template with the saved structure; the schedule's length is irrelevant.
   tx = optim.create_optimizer(config, steps_per_epoch=1).tx
   template = jit_steps.create_train_state(model, tx, jax.random.key(0),
-                                      ema=jit_steps.keeps_ema(config))
+                                          ema=jit_steps.keeps_ema(config))
   ckpts = Checkpoints(workdir, read_only=True)
   step = ckpts.select(which)
   try:
