@@ -1,5 +1,6 @@
 # make train: create .venv, install, train the default model (configs/v36.py).
-# make test:  create .venv, install with the test extra, run the whole suite.
+# make test:  create .venv, install with the test extra, run the suite on two workers.
+# make install-check: tests/test_install.py, the Colab-like and bare installs (.ci/run runs both).
 # make tensorboard: install TensorBoard into .venv once, and serve workdirs/ (LOGDIR=DIR).
 VENV    := .venv
 PY      := $(VENV)/bin/python
@@ -15,7 +16,7 @@ CORE    := $(VENV)/.core$(if $(DATA_DIR),,-tfds)
 ARGS    ?=
 LOGDIR  ?= workdirs
 
-.PHONY: train test tensorboard mutants clean
+.PHONY: train test install-check tensorboard mutants clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -39,7 +40,10 @@ train: $(CORE)
 	  $(if $(DATA_DIR),--config.data_dir=$(DATA_DIR)) $(ARGS)
 
 test: $(VENV)/.test
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile -m 'not install' tests
+
+install-check: $(VENV)/.test
+	$(PY) -m pytest -q -ra -m install tests
 
 $(VENV)/.tensorboard: | $(PY)
 	$(PIP) tensorboard

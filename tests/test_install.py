@@ -25,6 +25,7 @@ import pytest
 
 from tests import notebook_runner
 
+pytestmark = pytest.mark.install  # minutes: `make install-check`, which .ci/run runs
 REPO = notebook_runner.REPO
 # Colab's kind of preinstalled stack. torch is pinned to the test environment's
 # build (the CPU one), which uv finds where pip does (PIP_FIND_LINKS). The newest
