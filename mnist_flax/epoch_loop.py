@@ -25,6 +25,12 @@ def batch_starts(num_examples: int, batch_size: int) -> list[tuple[int, int]]:
           for s in range(0, num_examples, batch_size)]
 
 
+def _on_cpu(mesh: jax.sharding.Mesh | None) -> bool:
+  """Whether the mesh (or, without one, JAX's default devices) is the CPU."""
+  devices = mesh.devices.flat if mesh is not None else jax.devices()
+  return next(iter(devices)).platform == 'cpu'
+
+
 def steps_per_dispatch(requested: int, mesh: jax.sharding.Mesh,
                        steps_per_epoch: int) -> int:
   """Train steps per jitted call: `requested`, or for 0 (auto) the whole epoch
@@ -35,7 +41,7 @@ def steps_per_dispatch(requested: int, mesh: jax.sharding.Mesh,
     raise ConfigError(f'steps_per_dispatch must be >= 0 (0: auto), not {requested}')
   if requested:
     return requested
-  return 1 if mesh.devices.flat[0].platform == 'cpu' else steps_per_epoch
+  return 1 if _on_cpu(mesh) else steps_per_epoch
 
 
 def dispatch_plan(batches: list[tuple[int, int]], batch_size: int,
@@ -57,8 +63,7 @@ def seed_parallelism(name: str, mesh: jax.sharding.Mesh | None) -> str:
     raise unknown('seed_parallelism', name, SEED_PARALLELISM)
   if name != 'auto':
     return name
-  devices = mesh.devices.flat if mesh is not None else jax.devices()
-  return 'unroll' if next(iter(devices)).platform == 'cpu' else 'vmap'
+  return 'unroll' if _on_cpu(mesh) else 'vmap'
 
 
 def over_seeds(fn: Callable[..., Any], in_axes: tuple[int | None, ...],
@@ -157,7 +162,7 @@ def needs_lockstep(mesh: jax.sharding.Mesh) -> bool:
   """XLA's CPU collectives deadlock (a rendezvous timeout, then abort) when
   several multi-device steps are in flight (seen with jax 0.10.2 on 2 cores);
   one at a time costs little, as each step is milliseconds of compute."""
-  return mesh.size > 1 and mesh.devices.flat[0].platform == 'cpu'
+  return mesh.size > 1 and _on_cpu(mesh)
 
 
 def train_epoch(steps: Steps, state: TrainState, metrics: Metrics,

@@ -21,7 +21,7 @@ from mnist_flax import (checkpoint, data, epoch_loop, kill_switch, models, optim
 from mnist_flax.epoch_loop import stack, unstack
 from mnist_flax.errors import ConfigError, UserError
 from mnist_flax.jit_steps import (Metrics, TrainState, create_train_state,
-                              epoch_permutation, keeps_ema, zero_metrics)
+                                  epoch_permutation, keeps_ema, zero_metrics)
 
 
 class TrainingDiverged(UserError):
