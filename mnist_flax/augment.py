@@ -37,8 +37,9 @@ def random_affine(key: jax.Array, images: jax.Array, degrees: float,
   """Randomly rotates and translates each image of a (N, H, W) float batch."""
   if interpolation not in INTERPOLATIONS:
     raise unknown('interpolation', interpolation, INTERPOLATIONS)
-  if degrees == 0 and translate == 0:
-    return images
+  if all(isinstance(v, (int, float)) for v in (degrees, translate)) and (
+      degrees == translate == 0):
+    return images  # degrees and translate may be traced (a sweep): then warp
   n, h, w = images.shape
   angle_key, shift_key = jax.random.split(key)
   angles = jnp.deg2rad(

@@ -5,7 +5,7 @@ once, and evaluation over pre-batched test data.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from mnist_flax import models, parallel
+from mnist_flax import models, optim, parallel, sweep
 from mnist_flax.errors import ConfigError, unknown
 from mnist_flax.jit_steps import Metrics, TrainState, add_metrics, eval_step, train_step
 
@@ -66,22 +66,40 @@ def seed_parallelism(name: str, mesh: jax.sharding.Mesh | None) -> str:
   return 'unroll' if _on_cpu(mesh) else 'vmap'
 
 
-def over_seeds(fn: Callable[..., Any], in_axes: tuple[int | None, ...],
-               how: str) -> Callable[..., Any]:
-  """`fn` over the leading seed axis of the arguments whose in_axes is 0.
+def over_seeds(make_fn: Callable[[ml_collections.ConfigDict], Callable[..., Any]],
+               config: ml_collections.ConfigDict, in_axes: tuple[int | None, ...],
+               how: str, swept: Mapping[str, Sequence[Any]] | None = None
+               ) -> Callable[..., Any]:
+  """`make_fn(config)` over the leading run axis of the arguments whose in_axes
+  is 0: seeds, and with `swept` ({key: one value per run}) swept configs.
 
-  'vmap' batches the seeds into one computation. 'unroll' traces `fn` once per
-  seed into the same program: on XLA CPU that trains V36 2.5-4x faster, since
-  vmapped per-seed weights turn each convolution into a grouped one, which XLA
-  CPU runs slowly (docs/performance.md).
+  'vmap' batches the runs into one computation, the swept values traced. 'unroll'
+  traces `make_fn` once per run into the same program, each with its own
+  concrete config: on XLA CPU that trains V36 2.5-4x faster, since vmapped
+  per-run weights turn each convolution into a grouped one, which XLA CPU runs
+  slowly (docs/performance.md).
   """
   if how == 'vmap':
-    return jax.vmap(fn, in_axes=in_axes)
+    if not swept:
+      return jax.vmap(make_fn(config), in_axes=in_axes)
+
+    def one(values, *args):
+      return make_fn(sweep.with_values(config, values))(*args)
+
+    def vmapped(*args):
+      values = {k: jnp.asarray(v) for k, v in swept.items()}
+      return jax.vmap(one, in_axes=(0, *in_axes))(values, *args)
+
+    return vmapped
 
   def unrolled(*args):
     k = next(len(jax.tree.leaves(a)[0]) for a, ax in zip(args, in_axes) if ax == 0)
-    outs = [fn(*(jax.tree.map(lambda x: x[i], a) if ax == 0 else a
-                 for a, ax in zip(args, in_axes))) for i in range(k)]
+    outs = []
+    for i in range(k):
+      run_config = (sweep.with_values(config, {key: v[i] for key, v in swept.items()})
+                    if swept else config)
+      outs.append(make_fn(run_config)(*(jax.tree.map(lambda x: x[i], a) if ax == 0 else a
+                                        for a, ax in zip(args, in_axes))))
     return stack(outs)
 
   return unrolled
@@ -118,11 +136,14 @@ def augmented_epochs(config: ml_collections.ConfigDict) -> int:
 def make_steps(model: models.Net, tx: optax.GradientTransformation,
                config: ml_collections.ConfigDict, steps_per_epoch: int,
                mesh: jax.sharding.Mesh | None = None,
-               stacked: bool = False) -> Steps:
+               stacked: bool = False,
+               swept: Mapping[str, Sequence[Any]] | None = None) -> Steps:
   """Jitted train and eval steps; the train steps donate state and metrics.
 
   `mesh`: batches split across its devices. `stacked`: state, metrics and perm
-  carry a leading seed axis and every seed trains at once (`over_seeds`).
+  carry a leading run axis and every run trains at once (`over_seeds`), each
+  with its values of `swept` ({key: one value per run}, `sweep.SWEEPABLE` keys)
+  and the optimizer built from them.
   """
   sharding = parallel.batch_sharded(mesh) if mesh is not None else None
   how = seed_parallelism(config.seed_parallelism, mesh)
@@ -131,16 +152,22 @@ def make_steps(model: models.Net, tx: optax.GradientTransformation,
                      if config.augment.clean_epochs else None)
 
   def step(state, metrics, images, labels, perm, start, *, batch_size):
-    fn = functools.partial(train_step, batch_size=batch_size, model=model,
-                           tx=tx, config=config, augmented_steps=augmented_steps,
-                           batch_sharding=sharding)
+    def make(run_config):
+      # The optimizer's numeric hyperparameters live in each run's opt_state
+      # (optax.inject_hyperparams); its schedules are rebuilt from the run's values.
+      run_tx = optim.create_optimizer(run_config, steps_per_epoch).tx if swept else tx
+      return functools.partial(train_step, batch_size=batch_size, model=model,
+                               tx=run_tx, config=run_config,
+                               augmented_steps=augmented_steps, batch_sharding=sharding)
     if stacked:
-      fn = over_seeds(fn, (0, 0, None, None, 0, None), how)
-    return fn(state, metrics, images, labels, perm, start)
+      return over_seeds(make, config, (0, 0, None, None, 0, None), how, swept)(
+          state, metrics, images, labels, perm, start)
+    return make(config)(state, metrics, images, labels, perm, start)
 
+  # Evaluation reads no swept key.
   evaluate_ = functools.partial(eval_step, model=model, config=config)
   if stacked:
-    evaluate_ = over_seeds(evaluate_, (0, None, None), how)
+    evaluate_ = over_seeds(lambda _, fn=evaluate_: fn, config, (0, None, None), how)
 
   def evaluate_all(state, images, labels):
     def body(totals, batch):

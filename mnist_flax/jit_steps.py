@@ -99,8 +99,9 @@ def normalize(images: jax.Array, mean: float, std: float) -> jax.Array:
 
 def cross_entropy(logits: jax.Array, labels: jax.Array,
                   label_smoothing: float = 0.0) -> jax.Array:
-  """Per-example loss of PyTorch's `CrossEntropyLoss(label_smoothing=...)`."""
-  if not label_smoothing:
+  """Per-example loss of PyTorch's `CrossEntropyLoss(label_smoothing=...)`;
+  `label_smoothing` may be traced (a sweep), then always takes the smoothed form."""
+  if isinstance(label_smoothing, (int, float)) and not label_smoothing:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]),
                                 label_smoothing)

@@ -8,7 +8,7 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
-from mnist_flax import architectures, cli, parallel, train
+from mnist_flax import architectures, cli, parallel, sweep, train
 from mnist_flax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -16,6 +16,11 @@ flags.DEFINE_string('workdir', None, 'Directory for metrics and TensorBoard logs
 config_flags.DEFINE_config_file(
     'config', None, 'A config file from configs/; override keys with '
     '--config.KEY=VALUE.', lock_config=True)
+flags.DEFINE_multi_string(
+    'sweep', [], 'KEY=V1,V2,...: train every combination of the swept values '
+    '(repeat the flag for more keys) times every seed, in one program, each run '
+    'in WORKDIR/<variant>/seed_S; the numeric keys in mnist_flax/sweep.py\'s '
+    'SWEEPABLE.')
 flags.DEFINE_integer(
     'cpu_devices', 0, 'Split the host CPU into this many JAX devices, to train '
     'data-parallel over them (no effect on GPU/TPU runs); 0: JAX\'s default, one.')
@@ -50,13 +55,14 @@ def main(argv: list[str]) -> None:
     if FLAGS.distributed:
       parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes,
                                       FLAGS.process_id)
+    swept = sweep.parse(FLAGS.sweep, config)
     network = architectures.get_network(config.model)
     params = architectures.param_count(network)
     verdict = 'PASS' if params < architectures.PARAM_LIMIT else 'FAIL'
     print(f'{config.model}: {params:,} parameters, {verdict} '
           f'(< {architectures.PARAM_LIMIT:,}); JAX {jax.__version__} on '
           f'{parallel.describe()}', flush=True)
-    train.train_seeds(config, FLAGS.workdir)
+    train.train_seeds(config, FLAGS.workdir, swept)
   except UserError as e:
     sys.exit(f'error: {e}')
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
@@ -37,7 +38,9 @@ def _two_phase(total_steps: int, pct_start: float, start: float, mid: float,
         'a phase of zero steps; change schedule.pct_start or the number of steps')
 
   def schedule(count):
-    step = jnp.asarray(count, jnp.float32)
+    # float32, or float64 under jax.enable_x64 (the exactness checks), so a
+    # swept (traced) rate and a concrete one compute in the same precision.
+    step = jnp.asarray(count, jax.dtypes.canonicalize_dtype(jnp.float64))
     warm = _cos_anneal(start, mid, step / warm_end, (warm_end - step) / warm_end)
     span = last - warm_end
     cool = _cos_anneal(mid, end, (step - warm_end) / span, (last - step) / span)
@@ -65,9 +68,16 @@ def onecycle_momentum(total_steps: int, pct_start: float = 0.3,
 
 def step_lr(learning_rate: float, steps_per_epoch: int, step_size: int,
             gamma: float) -> optax.Schedule:
-  """`StepLR` stepped once per epoch: lr * gamma ** (epoch // step_size)."""
-  return optax.exponential_decay(learning_rate, step_size * steps_per_epoch,
-                                 gamma, staircase=True)
+  """`StepLR` stepped once per epoch: lr * gamma ** (epoch // step_size).
+
+  Written out rather than optax.exponential_decay, which branches in Python on
+  gamma, so that learning_rate and gamma may be traced (a sweep)."""
+  period = step_size * steps_per_epoch
+
+  def schedule(count):
+    return learning_rate * gamma ** jnp.floor(jnp.asarray(count) / period)
+
+  return schedule
 
 
 @functools.partial(optax.inject_hyperparams, static_args=('nesterov',))

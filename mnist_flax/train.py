@@ -17,7 +17,7 @@ import ml_collections
 import tqdm
 
 from mnist_flax import (checkpoint, data, epoch_loop, kill_switch, models, optim,
-                        parallel, report)
+                        parallel, report, sweep)
 from mnist_flax.epoch_loop import stack, unstack
 from mnist_flax.errors import ConfigError, UserError
 from mnist_flax.jit_steps import (Metrics, TrainState, create_train_state,
@@ -34,11 +34,11 @@ class TrainResult(NamedTuple):
   analysis: dict[str, Any]
 
 
-def _check_finite(first_nonfinite: int, epoch: int, seed: int) -> None:
+def _check_finite(first_nonfinite: int, epoch: int, label: str) -> None:
   if first_nonfinite >= 0:
     raise TrainingDiverged(
         f'the loss became NaN or infinite at epoch {epoch}, step '
-        f'{first_nonfinite + 1} (seed {seed}); training stopped and nothing from '
+        f'{first_nonfinite + 1} ({label}); training stopped and nothing from '
         'this epoch was saved: lower the learning rate (or check the data)')
 
 
@@ -55,10 +55,17 @@ def _prepare_workdir(workdir: str) -> None:
 
 
 class _Run:
-  """One seed's workdir: its config, checkpoints, history and metric files."""
+  """One run's workdir: its config, checkpoints, history and metric files.
 
-  def __init__(self, config: ml_collections.ConfigDict, workdir: str):
-    self.config, self.workdir = config, workdir
+  `values`: the swept keys' values of this run ({} outside a sweep).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str,
+               values: dict[str, Any], steps_per_epoch: int):
+    self.config, self.workdir, self.values = config, workdir, values
+    self.optimizer = optim.create_optimizer(config, steps_per_epoch)
+    self.label = ' '.join([*(f'{k}={v!r}' for k, v in values.items()),
+                           f'seed {config.seed}'])
     if parallel.is_primary():
       _prepare_workdir(workdir)
     self.ckpts = checkpoint.Checkpoints(workdir, config.keep_checkpoints)
@@ -96,26 +103,30 @@ class _Run:
     self.ckpts.close()
 
 
-def _seed_configs(config: ml_collections.ConfigDict, workdir: str
-                  ) -> list[tuple[ml_collections.ConfigDict, str]]:
-  """(config, workdir) per seed. With num_seeds = K > 1, seed s trains in
-  WORKDIR/seed_s as an ordinary one-seed run, so evaluate, predict, convert and
-  plot read it as they read any run."""
+def _run_configs(config: ml_collections.ConfigDict, workdir: str,
+                 swept: sweep.Sweep
+                 ) -> list[tuple[ml_collections.ConfigDict, str, dict[str, Any]]]:
+  """(config, workdir, swept values) per run. With num_seeds = K > 1, seed s
+  trains in WORKDIR/seed_s, and in a sweep in WORKDIR/<variant>/seed_s, as an
+  ordinary one-seed run, so evaluate, predict, convert and plot read it as they
+  read any run."""
   if config.num_seeds < 1:
     raise ConfigError(f'num_seeds must be >= 1, not {config.num_seeds}')
-  if config.num_seeds == 1:
-    return [(config, workdir)]
+  if config.num_seeds == 1 and not swept:
+    return [(config, workdir, {})]
   runs = []
-  for k in range(config.num_seeds):
-    one = ml_collections.ConfigDict(config.to_dict())
-    one.seed, one.num_seeds = config.seed + k, 1
-    runs.append((one, os.path.join(workdir, f'seed_{one.seed}')))
+  for values in sweep.variants(swept) if swept else [{}]:
+    folder = os.path.join(workdir, sweep.variant_name(values)) if swept else workdir
+    for k in range(config.num_seeds):
+      one = sweep.with_values(config, values)
+      one.seed, one.num_seeds = config.seed + k, 1
+      runs.append((one, os.path.join(folder, f'seed_{one.seed}'), values))
   return runs
 
 
-def _restore(runs: list[_Run], template: TrainState) -> list[TrainState] | None:
-  """Each seed's latest checkpoint, all at the same step, or None: no checkpoints."""
-  restored = [run.resume(template) for run in runs]
+def _restore(runs: list[_Run], templates: list[TrainState]) -> list[TrainState] | None:
+  """Each run's latest checkpoint, all at the same step, or None: no checkpoints."""
+  restored = [run.resume(t) for run, t in zip(runs, templates)]
   if all(r is None for r in restored):
     return None
   if any(r is None for r in restored):
@@ -124,21 +135,24 @@ def _restore(runs: list[_Run], template: TrainState) -> list[TrainState] | None:
         f'{", ".join(missing)} hold no checkpoint while the other seeds do; '
         'use a new --workdir')
   step = min(r.step for r in restored)  # a run killed between seeds' saves
-  restored = [r if r.step == step else run.resume(template, step)
-              for run, r in zip(runs, restored)]
+  restored = [r if r.step == step else run.resume(t, step)
+              for run, r, t in zip(runs, restored, templates)]
   for run, r in zip(runs, restored):
     run.history = r.meta['history']
   return [r.state for r in restored]
 
 
-def train_seeds(config: ml_collections.ConfigDict,
-                workdir: str) -> list[TrainResult]:
+def train_seeds(config: ml_collections.ConfigDict, workdir: str,
+                swept: sweep.Sweep | None = None) -> list[TrainResult]:
   """Trains config.num_seeds replicas of config.model at once (seeds
-  config.seed, config.seed + 1, ...), evaluating after every epoch.
+  config.seed, config.seed + 1, ...), evaluating after every epoch; with
+  `swept` ({key: values}, `sweep.parse`), every seed of every combination of
+  the values, all in one program, and a table of them in WORKDIR/sweep.csv.
 
   Saves a checkpoint after every epoch and, rerun with the same workdir,
   resumes from the latest one; a finished run is not trained again.
   """
+  swept = swept or {}
   if parallel.is_primary():
     _prepare_workdir(workdir)
   parallel.check_shared_workdir(workdir)
@@ -146,20 +160,22 @@ def train_seeds(config: ml_collections.ConfigDict,
   ds = data.load_for(config)
   num_train = len(ds.train_images)
   batches = epoch_loop.batch_starts(num_train, config.batch_size)
-  optimizer = optim.create_optimizer(config, len(batches))
   mesh = parallel.create_mesh()
   parallel.check_batch_sizes({size for _, size in batches}, mesh)
   replicated = parallel.replicated(mesh)
-  seeds = _seed_configs(config, workdir)
-  stacked = len(seeds) > 1
+  runs = [_Run(c, w, values, len(batches))
+          for c, w, values in _run_configs(config, workdir, swept)]
+  stacked = len(runs) > 1
 
-  create = jax.jit(lambda key: create_train_state(model, optimizer.tx, key,
-                                                  ema=keeps_ema(config)),
-                   out_shardings=replicated)
-  states = [create(jax.random.key(c.seed)) for c, _ in seeds]
-  runs = [_Run(c, w) for c, w in seeds]
+  # One program per variant: the optimizer's state holds its hyperparameters.
+  creates = {}
+  for run in runs:
+    creates.setdefault(str(run.values), jax.jit(functools.partial(
+        create_train_state, model, run.optimizer.tx, ema=keeps_ema(run.config)),
+                                                  out_shardings=replicated))
+  states = [creates[str(run.values)](jax.random.key(run.config.seed)) for run in runs]
   try:
-    states = _restore(runs, states[0]) or states
+    states = _restore(runs, states) or states
     for run, state in zip(runs, states):
       run.last_state = state
     done = len(runs[0].history)
@@ -172,20 +188,29 @@ def train_seeds(config: ml_collections.ConfigDict,
     if done < config.num_epochs:
       for run in runs:
         run.open()
+      per_run = {key: [run.values[key] for run in runs] for key in swept}
+      steps = epoch_loop.make_steps(model, runs[0].optimizer.tx, config,
+                                    len(batches), mesh, stacked, per_run)
       _train_epochs(config, runs, stack(states) if stacked else states[0], ds,
-                    epoch_loop.make_steps(model, optimizer.tx, config, len(batches), mesh, stacked),
-                    optimizer, batches, mesh)
+                    steps, batches, mesh)
   finally:
     for run in runs:
       run.close()
   results = []
   for run in runs:
     analysis = report.final_analysis(run.history, config.target_accuracy)
-    if parallel.is_primary():
-      print((f'seed {run.config.seed}\n' if stacked else '')
+    if parallel.is_primary() and not swept:  # a sweep ends with its table
+      print((f'{run.label}\n' if stacked else '')
             + report.format_analysis(analysis, report.eval_split(config)), flush=True)
     results.append(TrainResult(run.last_state, run.history, analysis))
-  if stacked and parallel.is_primary():
+  if swept and parallel.is_primary():
+    rows = [{**run.values, 'seed': run.config.seed,
+             'final3_average': r.analysis['final3_average'],
+             'best_accuracy': r.analysis['best_accuracy']}
+            for run, r in zip(runs, results)]
+    sweep.write_csv(os.path.join(workdir, 'sweep.csv'), rows)
+    print(sweep.format_table(rows, list(swept)), flush=True)
+  elif stacked and parallel.is_primary():
     print(report.format_seeds([r.analysis for r in results],
                        [run.config.seed for run in runs]), flush=True)
   return results
@@ -193,9 +218,8 @@ def train_seeds(config: ml_collections.ConfigDict,
 
 def _train_epochs(config: ml_collections.ConfigDict, runs: list[_Run],
                   state: TrainState, ds: data.Dataset, steps: epoch_loop.Steps,
-                  optimizer: optim.Optimizer, batches: list[tuple[int, int]],
-                  mesh: jax.sharding.Mesh) -> None:
-  """The epoch loop: train, evaluate, checkpoint and log every seed."""
+                  batches: list[tuple[int, int]], mesh: jax.sharding.Mesh) -> None:
+  """The epoch loop: train, evaluate, checkpoint and log every run."""
   stacked = len(runs) > 1
   replicated = parallel.replicated(mesh)
   # The whole dataset lives on every device as uint8; batches are gathered there.
@@ -242,14 +266,14 @@ def _train_epochs(config: ml_collections.ConfigDict, runs: list[_Run],
     records = []
     for k, run in enumerate(runs):
       m = unstack(train_totals, k) if stacked else train_totals
-      _check_finite(int(m['first_nonfinite']), epoch, run.config.seed)
+      _check_finite(int(m['first_nonfinite']), epoch, run.label)
       train_ = report.means(m)
       test = report.means(unstack(test_totals, k) if stacked else test_totals)
       records.append({
           'epoch': epoch, 'step': step,
           'train_loss': train_['loss'], 'train_accuracy': train_['accuracy'],
           'test_loss': test['loss'], 'test_accuracy': test['accuracy'],
-          'learning_rate': float(optimizer.learning_rate(step - 1)),
+          'learning_rate': float(run.optimizer.learning_rate(step - 1)),
           'epoch_time_s': time.time() - start_time,
       })
     for k, (run, record) in enumerate(zip(runs, records)):
@@ -260,7 +284,7 @@ def _train_epochs(config: ml_collections.ConfigDict, runs: list[_Run],
         run.writer.write(record)
       if parallel.is_primary():
         print(f'Epoch {epoch:2d}/{config.num_epochs}'
-              f'{f" seed {run.config.seed}" if stacked else ""}: '
+              f'{f" {run.label}" if stacked else ""}: '
               f'train loss {record["train_loss"]:.4f} acc {record["train_accuracy"]:.2f}% | '
               f'{split} loss {record["test_loss"]:.4f} acc {record["test_accuracy"]:.2f}% | '
               f'lr {record["learning_rate"]:.6f} | {record["epoch_time_s"]:.1f}s',
