@@ -26,6 +26,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.translate = 0.0    # shift up to this fraction of 28 pixels per axis
   c.augment.interpolation = 'nearest'  # torchvision's default for both
   c.augment.clean_epochs = 0   # the last N epochs train on un-augmented images
+  c.augment.cutout = 0         # > 0: black out one square of this side (pixels)
+                               # per image after the warp (DeVries & Taylor)
 
   c.label_smoothing = 0.0   # as PyTorch's CrossEntropyLoss; the reported
                             # train loss stays the plain cross-entropy
