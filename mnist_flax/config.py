@@ -10,6 +10,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.init = 'torch'          # 'torch': PyTorch's default init; 'flax': Flax's
   c.precision = 'default'   # 'default' (TF32 convolutions on recent GPUs),
                             # 'float32' (full) or 'bfloat16' (models.PRECISIONS)
+  c.bn_momentum = 0.1       # BatchNorm's, as PyTorch's: running statistics
+                            # = (1 - m) * running + m * batch, 0 < m <= 1
 
   c.dataset = 'mnist'       # 'mnist', 'fashion_mnist' or 'kmnist'
   c.data_dir = ''           # folder with the four IDX files; '' = TFDS
