@@ -78,7 +78,7 @@ class Ours:
 
   def __init__(self, config, images: np.ndarray, labels: np.ndarray):
     self.config = config
-    model = models.create_model(config.model)
+    model = models.create_model(config.model, bn_momentum=config.bn_momentum)
     self.batches = epoch_loop.batch_starts(len(images), config.batch_size)
     self.optimizer = optim.create_optimizer(config, len(self.batches))
     self.mesh = parallel.create_mesh()
@@ -142,7 +142,7 @@ class Torch:
     torch.set_num_threads(threads())
     torch.manual_seed(0)
     self.config = config
-    self.net = torch_interop.torch_model(config.model)
+    self.net = torch_interop.torch_model(config.model, config.bn_momentum)
     steps_per_epoch = len(epoch_loop.batch_starts(num_examples, config.batch_size))
     self.optimizer, self.scheduler = torch_recipe.create_optimizer(
         config, self.net.parameters(), steps_per_epoch)

@@ -204,7 +204,8 @@ def load_checkpoint(workdir: str, which: str = 'latest'
                     ) -> tuple[ml_collections.ConfigDict, models.Net, Restored]:
   """A trained workdir's config, model and checkpoint ('latest', 'best', STEP)."""
   config = load_config(workdir)
-  model = models.create_model(config.model, config.init, config.precision)
+  model = models.create_model(config.model, config.init, config.precision,
+                             config.bn_momentum)
   # A template with the saved structure; the schedule's length is irrelevant.
   tx = optim.create_optimizer(config, steps_per_epoch=1).tx
   template = jit_steps.create_train_state(model, tx, jax.random.key(0),

@@ -64,7 +64,8 @@ def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
   torch.manual_seed(config.seed)
   generator = torch.Generator().manual_seed(config.seed)
   layout = torch.channels_last if channels_last else torch.contiguous_format
-  net = torch_interop.torch_model(config.model).to(device, memory_format=layout)
+  net = torch_interop.torch_model(config.model, config.bn_momentum).to(
+      device, memory_format=layout)
   trained = torch.compile(net, mode=compile_mode) if compile_mode else net
   batches = epoch_loop.batch_starts(len(ds.train_images), config.batch_size)
   optimizer, scheduler = torch_recipe.create_optimizer(config, net.parameters(),
@@ -109,6 +110,7 @@ def _identical_inputs(config: ml_collections.ConfigDict, ds: data.Dataset, steps
   """Identical start's config (no augmentation), first batches, epoch length, order."""
   config = copy.deepcopy(config)
   config.augment.degrees = config.augment.translate = 0.0
+  config.augment.cutout = 0
   all_batches = epoch_loop.batch_starts(len(ds.train_images), config.batch_size)
   perm = np.random.default_rng(config.seed).permutation(len(ds.train_images))
   return config, all_batches[:steps], len(all_batches), perm
@@ -116,7 +118,7 @@ def _identical_inputs(config: ml_collections.ConfigDict, ds: data.Dataset, steps
 
 def _seeded_torch_net(torch, config: ml_collections.ConfigDict, float64: bool):
   torch.manual_seed(config.seed)
-  net = torch_interop.torch_model(config.model)
+  net = torch_interop.torch_model(config.model, config.bn_momentum)
   return net.double() if float64 else net
 
 
@@ -150,7 +152,7 @@ def identical_start(config: ml_collections.ConfigDict, ds: data.Dataset,
   net = _seeded_torch_net(torch, config, float64)
   variables, _ = torch_interop.from_state_dict(config.model, net.state_dict())
   with jax.enable_x64(float64):
-    model = models.create_model(config.model)
+    model = models.create_model(config.model, bn_momentum=config.bn_momentum)
     tx = optim.create_optimizer(config, steps_per_epoch).tx
     params = jax.tree.map(jnp.asarray, variables['params'])
     state = jit_steps.create_train_state(model, tx, jax.random.key(config.seed)).replace(

@@ -10,6 +10,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.init = 'torch'          # 'torch': PyTorch's default init; 'flax': Flax's
   c.precision = 'default'   # 'default' (TF32 convolutions on recent GPUs),
                             # 'float32' (full) or 'bfloat16' (models.PRECISIONS)
+  c.bn_momentum = 0.1       # BatchNorm's, as PyTorch's: running statistics
+                            # = (1 - m) * running + m * batch, 0 < m <= 1
 
   c.dataset = 'mnist'       # 'mnist', 'fashion_mnist' or 'kmnist'
   c.data_dir = ''           # folder with the four IDX files; '' = TFDS
@@ -26,6 +28,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.translate = 0.0    # shift up to this fraction of 28 pixels per axis
   c.augment.interpolation = 'nearest'  # torchvision's default for both
   c.augment.clean_epochs = 0   # the last N epochs train on un-augmented images
+  c.augment.cutout = 0         # > 0: black out one square of this side (pixels)
+                               # per image after the warp (DeVries & Taylor)
 
   c.label_smoothing = 0.0   # as PyTorch's CrossEntropyLoss; the reported
                             # train loss stays the plain cross-entropy

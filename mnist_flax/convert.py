@@ -35,7 +35,7 @@ def from_torch(path: str, model_name: str, workdir: str, data_dir: str = ''
                                        'convert into a new --workdir')
     config = base_config()
     config.model, config.data_dir = model_name, data_dir
-    model = models.create_model(model_name)
+    model = models.create_model(model_name, bn_momentum=config.bn_momentum)
     tx = optim.create_optimizer(config, steps_per_epoch=1).tx
     state = jit_steps.create_train_state(model, tx, jax.random.key(config.seed))
     state = state.replace(params=jax.tree.map(jnp.asarray, variables['params']),

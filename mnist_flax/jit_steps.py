@@ -150,6 +150,7 @@ def train_step(state: TrainState, metrics: Metrics, images: jax.Array,
   aug = config.augment
   warped = augment.random_affine(_augment_key(state), x, aug.degrees,
                                  aug.translate, aug.interpolation)
+  warped = augment.cutout(_augment_key(state), warped, aug.cutout)
   x = (warped if augmented_steps is None
        else jnp.where(state.step < augmented_steps, warped, x))
   # Without the barrier XLA fuses the warp into conv1's input and the V36 step

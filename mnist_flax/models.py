@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from mnist_flax import architectures as arch
-from mnist_flax.errors import unknown
+from mnist_flax.errors import ConfigError, unknown
 
 Initializer = Callable[..., jax.Array]
 
@@ -93,6 +93,7 @@ class Net(nn.Module):
   network: arch.Network
   init_scheme: str = 'torch'
   precision: str = 'default'
+  bn_momentum: float = 0.1  # BatchNorm's, in PyTorch's convention
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
@@ -115,7 +116,7 @@ class Net(nn.Module):
                     precision=('highest' if self.precision == 'float32' else None),
                     name=layer.name)(x)
       elif isinstance(layer, arch.BatchNorm):
-        x = BatchNorm(name=layer.name)(x.astype(wide), train)
+        x = BatchNorm(self.bn_momentum, name=layer.name)(x.astype(wide), train)
       elif isinstance(layer, arch.ReLU):
         x = nn.relu(x)
       elif isinstance(layer, arch.MaxPool):
@@ -127,14 +128,19 @@ class Net(nn.Module):
     return x.reshape(x.shape[0], -1).astype(wide)
 
 
-def create_model(name: str, init: str = 'torch', precision: str = 'default') -> Net:
+def create_model(name: str, init: str = 'torch', precision: str = 'default',
+                 bn_momentum: float = 0.1) -> Net:
   """The named network with 'torch' (PyTorch default) or 'flax' initialisation,
-  computing at one of PRECISIONS."""
+  computing at one of PRECISIONS, its BatchNorms' running averages updated
+  with `bn_momentum` (config.bn_momentum)."""
   if init not in INITS:
     raise unknown('init', init, INITS)
   if precision not in PRECISIONS:
     raise unknown('precision', precision, PRECISIONS)
-  return Net(arch.get_network(name), init, precision)
+  if not 0 < bn_momentum <= 1:
+    raise ConfigError(f'bn_momentum must be in (0, 1], not {bn_momentum}: the weight '
+                      "of each batch in BatchNorm's running statistics, as PyTorch's")
+  return Net(arch.get_network(name), init, precision, bn_momentum)
 
 
 def init_variables(model: Net, key: jax.Array) -> dict[str, Any]:

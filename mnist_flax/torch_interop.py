@@ -34,9 +34,10 @@ def require_torch():
   return torch
 
 
-def torch_model(name: str):
+def torch_model(name: str, bn_momentum: float = 0.1):
   """The named network as a `torch.nn.Module`, with the seeds' module names
-  (conv1, bn1, ..., conv_final) and their forward (log-probabilities out)."""
+  (conv1, bn1, ..., conv_final) and their forward (log-probabilities out);
+  `bn_momentum`: its BatchNorm2d's momentum (config.bn_momentum)."""
   torch = require_torch()
   nn, F = torch.nn, torch.nn.functional
   network = arch.get_network(name)
@@ -51,7 +52,7 @@ def torch_model(name: str):
                                               padding=layer.padding, bias=layer.bias))
           channels = layer.features
         elif isinstance(layer, arch.BatchNorm):
-          setattr(self, layer.name, nn.BatchNorm2d(channels))
+          setattr(self, layer.name, nn.BatchNorm2d(channels, momentum=bn_momentum))
 
     def forward(self, x):
       for layer in network:

@@ -5,9 +5,9 @@ torch.optim's SGD or Adam (coupled weight decay), OneCycleLR, StepLR or a
 constant LR, the scheduler stepped after every batch; and random rotations and
 integer shifts drawn as `augment.random_affine` draws them, warped for a whole
 batch (`augment`, grid_sample) or per sample in a DataLoader (`AugmentedMNIST`,
-PIL). `optim.py` is the JAX side; tests/test_optim.py holds the two equal at
-every step of whole runs. PyTorch is imported on use: the package imports
-without it.
+PIL), then `augment.cutout`'s square hole. `optim.py` is the JAX side;
+tests/test_optim.py holds the two equal at every step of whole runs. PyTorch
+is imported on use: the package imports without it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any, Iterable
 import ml_collections
 import numpy as np
 
+from mnist_flax import augment as augment_lib
 from mnist_flax import optim, torch_interop
 from mnist_flax.errors import unknown
 
@@ -95,11 +96,33 @@ def _inverse_map(cos: Any, sin: Any, dx: Any, dy: Any) -> tuple[tuple[Any, ...],
           (sin, cos, -(sin * dx + cos * dy)))
 
 
+def cutout(x: Any, size: int, generator: Any = None) -> Any:
+  """`augment.cutout` for an (N, ..., H, W) tensor, on its device: per image a
+  `size` x `size` square set to 0, centred on a pixel drawn uniformly, clipped
+  at the border. `generator` as in `random_affine_params`."""
+  if augment_lib.cutout_is_off(size):
+    return x
+  torch = torch_interop.require_torch()
+  n, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+  top = torch.randint(0, h, (n, 1, 1), generator=generator).to(x.device) - size // 2
+  left = torch.randint(0, w, (n, 1, 1), generator=generator).to(x.device) - size // 2
+  rows = torch.arange(h, device=x.device)[:, None]
+  cols = torch.arange(w, device=x.device)
+  hole = (rows >= top) & (rows < top + size) & (cols >= left) & (cols < left + size)
+  return x.masked_fill(hole.view(n, *[1] * (x.ndim - 3), h, w), 0.0)
+
+
 def augment(x: Any, aug: ml_collections.ConfigDict, generator: Any = None) -> Any:
-  """Rotates and shifts each image of an (N, 1, H, H) batch in [0, 1].
+  """Rotates and shifts each image of an (N, 1, H, H) batch in [0, 1], then
+  cuts out a square (`cutout`) if aug.cutout > 0.
 
   Bilinear or nearest as aug.interpolation says, black outside the image.
   """
+  return cutout(_warp(x, aug, generator), aug.cutout, generator)
+
+
+def _warp(x: Any, aug: ml_collections.ConfigDict, generator: Any) -> Any:
+  """`augment`'s rotation and shift."""
   if aug.degrees == 0 and aug.translate == 0:
     return x
   torch = torch_interop.require_torch()
@@ -116,8 +139,9 @@ def augment(x: Any, aug: ml_collections.ConfigDict, generator: Any = None) -> An
 
 class AugmentedMNIST:
   """A map-style dataset that warps each sample with PIL, as torchvision's
-  RandomAffine does, then applies ToTensor and Normalize: how the seeds' loaders
-  fed PyTorch. The warp is `augment`'s, drawn from torch's global generator."""
+  RandomAffine does, then applies ToTensor, `cutout` and Normalize: how the
+  seeds' loaders fed PyTorch (cutout added). The warp and the cutout are
+  `augment`'s, drawn from torch's global generator."""
 
   def __init__(self, images: np.ndarray, labels: np.ndarray,
                config: ml_collections.ConfigDict):
@@ -148,4 +172,5 @@ class AugmentedMNIST:
       image = image.transform(image.size, self._image.Transform.AFFINE, matrix,
                               resample=self._resample)
     x = self._torch.from_numpy(np.asarray(image, np.float32) / 255.0)[None]
+    x = cutout(x, aug.cutout)
     return (x - self.config.mean) / self.config.std, int(self.labels[i])

@@ -142,19 +142,26 @@ def test_flat_draws_equal_direct_draws():
                                                    maxval=8**-.5))
 
 
-def test_batchnorm_matches_torch():
+@pytest.mark.parametrize('momentum', [0.1, 0.3])
+def test_batchnorm_matches_torch(momentum):
   torch = pytest.importorskip('torch')
-  x = np.random.default_rng(0).normal(2.0, 3.0, (16, 5, 5, 4)).astype(np.float32)
-  bn = models.BatchNorm()
+  rng = np.random.default_rng(0)
+  x = rng.normal(2.0, 3.0, (16, 5, 5, 4)).astype(np.float32)
+  bn = models.BatchNorm(momentum)
   variables = bn.init(jax.random.key(0), jnp.asarray(x), train=False)
-  y, updates = bn.apply(variables, jnp.asarray(x), train=True,
-                        mutable=['batch_stats'])
-  tbn = torch.nn.BatchNorm2d(4)
-  ty = tbn(torch.from_numpy(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-  np.testing.assert_allclose(y, ty.detach().numpy(), atol=1e-5)
-  stats = updates['batch_stats']
-  np.testing.assert_allclose(stats['mean'], tbn.running_mean.numpy(), rtol=1e-5)
-  np.testing.assert_allclose(stats['var'], tbn.running_var.numpy(), rtol=1e-5)
+  tbn = torch.nn.BatchNorm2d(4, momentum=momentum)
+  stats = variables['batch_stats']
+  # Three batches: the running averages compound the momentum as PyTorch's do.
+  for batch in (x, rng.normal(-1.0, 0.5, x.shape), rng.normal(0.0, 2.0, x.shape)):
+    batch = batch.astype(np.float32)
+    y, updates = bn.apply({'params': variables['params'], 'batch_stats': stats},
+                          jnp.asarray(batch), train=True, mutable=['batch_stats'])
+    ty = tbn(torch.from_numpy(batch).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(y, ty.detach().numpy(), atol=1e-5)
+    stats = updates['batch_stats']
+    np.testing.assert_allclose(stats['mean'], tbn.running_mean.numpy(), rtol=1e-5,
+                               atol=1e-6)
+    np.testing.assert_allclose(stats['var'], tbn.running_var.numpy(), rtol=1e-5)
   tbn.eval()
   y_eval = bn.apply({'params': variables['params'], 'batch_stats': stats},
                     jnp.asarray(x), train=False)
@@ -167,3 +174,29 @@ def test_every_config_loads_by_path_and_stays_under_its_budget(path):
   config = runpy.run_path(path)['get_config']()
   budget = {'tiny.py': 4_000}.get(os.path.basename(path), arch.PARAM_LIMIT)
   assert arch.param_count(arch.get_network(config.model)) < budget
+
+
+def test_bn_momentum_reaches_both_frameworks_networks():
+  torch = pytest.importorskip('torch')
+  from mnist_flax import torch_interop  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  net = torch_interop.torch_model('v36', bn_momentum=0.3)
+  assert {m.momentum for m in net.modules()
+          if isinstance(m, torch.nn.BatchNorm2d)} == {0.3}
+  variables, _ = torch_interop.from_state_dict('v36', net.state_dict())
+  x = np.random.default_rng(0).normal(size=(8, 28, 28, 1)).astype(np.float32)
+  _, updates = models.create_model('v36', bn_momentum=0.3).apply(
+      variables, jnp.asarray(x), train=True, mutable=['batch_stats'])
+  # After ours: PyTorch updates the buffers the converted variables may share.
+  net.train()(torch.from_numpy(x).permute(0, 3, 1, 2))
+  for name in ('bn1', 'bn5'):
+    np.testing.assert_allclose(updates['batch_stats'][name]['var'],
+                               getattr(net, name).running_var.numpy(), rtol=1e-4)
+
+
+@pytest.mark.parametrize('momentum', [0.0, -0.1, 1.5])
+def test_bn_momentum_outside_0_1_is_a_one_line_config_error(momentum):
+  with pytest.raises(ConfigError, match=r'bn_momentum must be in \(0, 1\]') as e:
+    models.create_model('v36', bn_momentum=momentum)
+  assert '\n' not in str(e.value)
+  assert models.create_model('v36', bn_momentum=1.0).bn_momentum == 1.0

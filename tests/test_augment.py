@@ -134,3 +134,118 @@ def _torch_augmentation(images, degrees, translate):
 def test_torch_augmentation_draws_the_same_distribution():
   check_shift_distribution(_torch_augmentation)
   check_angle_distribution(_torch_augmentation)
+
+
+# Cutout: one square of side `size` blacked out per image, its centre a pixel
+# drawn uniformly over the image, clipped at the border.
+def test_cutout_hole_is_size_squared_and_clipped_at_the_border():
+  ones = jnp.ones((28, 28))
+  def zeroed(cy, cx, size):
+    hole = augment._hole(jnp.int32(cy), jnp.int32(cx), size, 28, 28)
+    return int((jnp.where(hole, 0.0, ones) == 0).sum())
+  assert zeroed(14, 14, 5) == 25 and zeroed(14, 14, 8) == 64  # odd and even
+  hole = np.asarray(augment._hole(jnp.int32(10), jnp.int32(20), 4, 28, 28))
+  rows, cols = np.nonzero(hole)
+  assert (rows.min(), rows.max(), cols.min(), cols.max()) == (8, 11, 18, 21)
+  # At the border only the part inside stays: side 8 spans c - 4 .. c + 3.
+  assert zeroed(0, 0, 5) == 3 * 3 and zeroed(0, 0, 8) == 4 * 4
+  assert zeroed(27, 27, 5) == 3 * 3 and zeroed(27, 27, 8) == 5 * 5
+  assert zeroed(0, 14, 6) == 3 * 6 and zeroed(13, 27, 6) == 6 * 4
+
+
+def check_cutout_distribution(fn, size=6, draws=4096):
+  """fn(images (N, 28, 28) in [0, 1], size) -> images: on all-ones images, each
+  image loses exactly one clipped square, whose centre covers all 28 x 28
+  pixels uniformly."""
+  out = np.asarray(fn(np.ones((draws, 28, 28), np.float32), size))
+  assert set(np.unique(out)) == {0.0, 1.0}
+  centres = []
+  for hole in out == 0:
+    rows, cols = np.nonzero(hole)
+    assert len(rows), 'an image without a hole'
+    height, width = np.ptp(rows) + 1, np.ptp(cols) + 1
+    assert len(rows) == height * width  # one rectangle
+    # Clipped on one side at most (size < 28): the other side places the centre.
+    centre = []
+    for lo, hi, extent in ((rows.min(), rows.max(), height),
+                           (cols.min(), cols.max(), width)):
+      assert extent == size or (extent < size and (lo == 0 or hi == 27))
+      centre.append(lo + size // 2 if lo > 0 else hi - (size - 1 - size // 2))
+    centres.append(centre)
+  centres = np.array(centres)
+  assert np.mean(out.reshape(draws, -1).sum(1) > 28 * 28 - size**2) > 0.2  # clipped
+  for axis in (0, 1):  # every centre row and column, about draws / 28 times each
+    counts = np.bincount(centres[:, axis], minlength=28)
+    assert len(counts) == 28 and counts.min() > 0.65 * draws / 28, counts
+    assert counts.max() < 1.35 * draws / 28, counts
+  # Rows and columns independent: each quadrant holds about a quarter.
+  quadrant = 2 * (centres[:, 0] < 14) + (centres[:, 1] < 14)
+  np.testing.assert_allclose(np.bincount(quadrant) / draws, 0.25, atol=0.03)
+
+
+def test_cutout_centre_covers_the_image_uniformly():
+  check_cutout_distribution(
+      lambda images, size: augment.cutout(jax.random.key(0), jnp.asarray(images), size))
+  check_cutout_distribution(
+      lambda images, size: augment.cutout(jax.random.key(1), jnp.asarray(images), size),
+      size=5)
+
+
+def test_cutout_0_leaves_images_untouched_and_negative_sizes_fail():
+  batch = jnp.stack([_image()] * 2)
+  assert augment.cutout(jax.random.key(0), batch, 0) is batch
+  with pytest.raises(ConfigError, match='augment.cutout must be >= 0'):
+    augment.cutout(jax.random.key(0), batch, -1)
+
+
+def test_cutout_draws_apart_from_the_warp():
+  batch = jnp.ones((64, 28, 28))
+  a = augment.cutout(jax.random.key(0), batch, 6)
+  assert not np.array_equal(a, augment.cutout(jax.random.key(1), batch, 6))
+  assert not np.array_equal(a[0], a[1])  # each image its own square
+
+
+def test_traced_cutout_size_equals_the_concrete_one():
+  key, images = jax.random.key(3), jnp.ones((16, 28, 28))
+  jitted = jax.jit(augment.cutout)
+  for size in (0, 1, 5, 6, 28):
+    want = augment.cutout(key, images, size)
+    np.testing.assert_array_equal(jitted(key, images, jnp.int32(size)), want)
+    np.testing.assert_array_equal(jitted(key, images, jnp.float32(size)), want)
+  sizes = jnp.array([0, 5, 6])
+  swept = jax.jit(jax.vmap(augment.cutout, in_axes=(None, None, 0)))(key, images, sizes)
+  for got, size in zip(swept, (0, 5, 6)):
+    np.testing.assert_array_equal(got, augment.cutout(key, images, size))
+
+
+def _torch_cutout(images, size):
+  """The PyTorch recipe's batch augmentation with cutout only, on (N, 1, H, W)."""
+  torch = pytest.importorskip('torch')
+  from mnist_flax import torch_recipe  # pylint: disable=g-import-not-at-top
+  from configs import v36  # pylint: disable=g-import-not-at-top
+  config = v36.get_config()
+  config.augment.degrees = config.augment.translate = 0.0
+  config.augment.cutout = size
+  x = torch.from_numpy(np.asarray(images, np.float32))[:, None]
+  return torch_recipe.augment(x, config.augment, torch.Generator().manual_seed(0))[:, 0]
+
+
+def _torch_per_sample_cutout(images, size):
+  """AugmentedMNIST's samples with cutout only, back in [0, 1]."""
+  torch = pytest.importorskip('torch')
+  from mnist_flax import torch_recipe  # pylint: disable=g-import-not-at-top
+  from configs import v36  # pylint: disable=g-import-not-at-top
+  config = v36.get_config()
+  config.augment.degrees = config.augment.translate = 0.0
+  config.augment.cutout = size
+  dataset = torch_recipe.AugmentedMNIST(
+      (np.asarray(images) * 255).astype(np.uint8), np.zeros(len(images)), config)
+  torch.manual_seed(0)
+  x = torch.stack([dataset[i][0][0] for i in range(len(dataset))])
+  return (x * config.std + config.mean).round()  # 0 or 1, up to float rounding
+
+
+@pytest.mark.parametrize('fn', [_torch_cutout, _torch_per_sample_cutout])
+def test_torch_cutout_draws_the_same_distribution(fn):
+  check_cutout_distribution(fn)
+  check_cutout_distribution(fn, size=5, draws=2048)

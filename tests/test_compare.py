@@ -112,3 +112,24 @@ def test_torch_recipe_skips_augmentation_in_clean_epochs(fake_mnist_dir):
   clean = run()
   config.augment.degrees = config.augment.translate = 0.0
   assert clean == run() != augmented
+
+
+def test_torch_recipe_takes_cutout_and_bn_momentum(fake_mnist_dir):
+  ds = data.load_idx_dir(fake_mnist_dir, verify=False)
+  config = v36.get_config()
+  config.batch_size, config.num_epochs = 64, 1
+  run = lambda: compare.train_torch(config, ds, log=lambda _: None)[-1]['test_loss']
+  plain = run()
+  config.augment.cutout = 8
+  cut = run()
+  config.augment.cutout, config.bn_momentum = 0, 0.3
+  assert len({plain, cut, run()}) == 3
+
+
+def test_identical_start_trains_without_cutout(fake_mnist_dir):
+  # Identical start feeds both frameworks the same un-augmented batches.
+  config = v36.get_config()
+  config.augment.cutout = 8
+  ds = data.load_idx_dir(fake_mnist_dir, verify=False)
+  jl, tl = compare.identical_start(config, ds, steps=5, float64=True)
+  assert np.abs(jl - tl).max() < 1e-6
