@@ -148,9 +148,9 @@ def train_step(state: TrainState, metrics: Metrics, images: jax.Array,
   x = to_unit(images[idx])
   y = labels[idx]
   aug = config.augment
-  warped = augment.random_affine(_augment_key(state), x, aug.degrees,
-                                 aug.translate, aug.interpolation)
-  warped = augment.cutout(_augment_key(state), warped, aug.cutout)
+  key = _augment_key(state)
+  warped = augment.random_affine(key, x, aug.degrees, aug.translate, aug.interpolation)
+  warped = augment.cutout(key, warped, aug.cutout)
   x = (warped if augmented_steps is None
        else jnp.where(state.step < augmented_steps, warped, x))
   # Without the barrier XLA fuses the warp into conv1's input and the V36 step

@@ -28,7 +28,7 @@ SWEEPABLE = (
     'optimizer.b1', 'optimizer.b2', 'optimizer.eps',
     'schedule.max_lr', 'schedule.div_factor', 'schedule.final_div_factor',
     'schedule.base_momentum', 'schedule.max_momentum', 'schedule.gamma',
-    'augment.degrees', 'augment.translate',
+    'augment.degrees', 'augment.translate', 'augment.cutout',
     'label_smoothing', 'ema_decay',
 )
 

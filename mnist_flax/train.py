@@ -156,7 +156,8 @@ def train_seeds(config: ml_collections.ConfigDict, workdir: str,
   if parallel.is_primary():
     _prepare_workdir(workdir)
   parallel.check_shared_workdir(workdir)
-  model = models.create_model(config.model, config.init, config.precision, config.bn_momentum)
+  model = models.create_model(config.model, config.init, config.precision,
+                              config.bn_momentum)
   ds = data.load_for(config)
   num_train = len(ds.train_images)
   batches = epoch_loop.batch_starts(num_train, config.batch_size)
