@@ -1,64 +1,121 @@
 #!/usr/bin/env bash
-# Issue 19's accelerator measurement as one prepared run: under 8 minutes on one
-# H100/H200, the tables written under OUT as JSON and logs.
+# The accelerator measurements as prepared runs, one device call per phase, each
+# ending inside BUDGET_S seconds (default 330) on one H100/H200: no step starts
+# after that, and a running one is stopped there. What finished is packed, after
+# every step, into OUT/results.tgz (logs, JSON tables, sweep.csv and metrics, no
+# checkpoints).
 #
-#   bash tools/gpu_measure.sh OUT MNIST_DIR            # on the device machine
-#   TINY=1 bash tools/gpu_measure.sh OUT MNIST_DIR     # the same steps on CPU, tiny
+#   bash tools/gpu_measure.sh 19 OUT MNIST_DIR          # issue 19: speed, precision, a sweep
+#   bash tools/gpu_measure.sh 21 OUT MNIST_DIR PRIOR    # issue 21: the screens' rest, and the
+#                                                       # test runs the rule picks (PRIOR: phase
+#                                                       # 19's results, unpacked)
+#   TINY=1 bash tools/gpu_measure.sh ...                # the same steps on CPU, tiny
 #
-# V36 (configs/v36.py, 15 epochs): 1, 8 and 32 seeds in one program at JAX's
-# default precision (TF32 convolutions on Hopper), 16 seeds at full float32 and 8
-# in bfloat16; then PyTorch's same recipe on the same card (data and augmentation
-# on the GPU, compare.train_torch), eager, then channels_last through
-# torch.compile with CUDA graphs. runs.json summarises every JAX program
-# (tools/run_summary.py); compare_*.log have PyTorch's accuracy and wall time.
-set -euo pipefail
-out=$1
-data=$2
-mkdir -p "$out/logs"
+# Phase 19, V36 (configs/v36.py, 15 epochs) unless named: 1 seed; PyTorch's same
+# recipe on the same card (tools/torch_timing.py), eager; 32 seeds in one
+# program; the champion's cutout screen on the validation split, a sweep of
+# 3 values x 12 seeds (docs/research.md); PyTorch compiled (CUDA graphs,
+# channels_last); 16 seeds in full float32, 8 in bfloat16; 8 seeds.
+# Phase 21: the separable layouts' and tiny's cutout screens, then the rule's
+# picks (tools/screen_decide.py) on the test set, 10 seeds each.
+set -uo pipefail
+phase=$1
+out=$2
+data=$3
+prior=${4:-}
+work=/tmp/gpu_work_$phase
+budget=${BUDGET_S:-330}
+mkdir -p "$work/logs" "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-args=(--config=configs/v36.py --config.data_dir="$data" --config.progress_bar=False)
-torch_device=cuda
+export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
+common=(--config.data_dir="$data" --config.progress_bar=False --config.verify_checksums=False)
+validation=(--config.validation_examples=10000)
+torch_args=("$data" cuda)
+seeds() { echo "$1"; }
 if [[ -n "${TINY:-}" ]]; then
-  args+=(--config.num_epochs=2 --config.train_examples=1024 --config.verify_checksums=False)
-  torch_device=cpu
-  k=(1 2 4 2 2)
-else
-  k=(1 8 32 16 8)
+  # The accelerator path on CPU: scanned dispatches and vmapped runs.
+  common+=(--config.num_epochs=2 --config.train_examples=1024
+           --config.steps_per_dispatch=4 --config.seed_parallelism=vmap)
+  validation=(--config.validation_examples=256)
+  torch_args=("$data" cpu --num_epochs=2 --train_examples=1024)
+  seeds() { echo 2; }
 fi
 
 {
   date -u
   nvidia-smi -L 2>/dev/null || echo 'no nvidia-smi'
-  python -c 'import jax, flax, optax; print("jax", jax.__version__, "flax", flax.__version__,
-    "optax", optax.__version__, jax.devices())'
+  python -c 'import jax, flax, optax, orbax.checkpoint as o; print("jax", jax.__version__,
+    "flax", flax.__version__, "optax", optax.__version__, "orbax", o.__version__, jax.devices())'
   python -c 'import torch; print("torch", torch.__version__, torch.cuda.is_available())'
-} > "$out/logs/versions.txt" 2>&1
+} > "$work/logs/versions.txt" 2>&1
 
-run() {  # NAME ARGS...: one mnist_flax.main program, timed from launch to exit
-  local name=$1
-  shift
-  local start=$SECONDS
-  python -m mnist_flax.main "${args[@]}" --workdir="$out/runs/$name" "$@" \
-    > "$out/logs/$name.log" 2>&1
-  echo "$name $((SECONDS - start))" >> "$out/logs/process_s.txt"
+pack() {
+  tar czf "$out/results.tgz" --exclude=checkpoints --exclude='events.out.*' -C "$work" .
 }
 
-run k1 --config.num_seeds="${k[0]}"
-run k8 --config.num_seeds="${k[1]}"
-run k32 --config.num_seeds="${k[2]}"
-run float32_k16 --config.num_seeds="${k[3]}" --config.precision=float32
-run bfloat16_k8 --config.num_seeds="${k[4]}" --config.precision=bfloat16
-python tools/run_summary.py "$out"/runs/* > "$out/runs.json"
-
-compare() {  # NAME FLAGS...: JAX and PyTorch, one seed each, in one process
+step() {  # NAME COMMAND...: run unless past the budget; output to logs/NAME.log
   local name=$1
   shift
+  local left=$((budget - SECONDS))
+  if ((left <= 5)); then
+    echo "$name skipped (budget)" >> "$work/logs/steps.txt"
+    return
+  fi
   local start=$SECONDS
-  python -m mnist_flax.compare "${args[@]}" --seeds=1 --torch_device="$torch_device" \
-    --workdir="$out/runs_$name" "$@" > "$out/logs/$name.log" 2>&1
-  echo "$name $((SECONDS - start))" >> "$out/logs/process_s.txt"
+  timeout "$left" "$@" > "$work/logs/$name.log" 2>&1
+  echo "$name rc=$? $((SECONDS - start))s" >> "$work/logs/steps.txt"
+  pack
 }
 
-compare compare_eager
-compare compare_compiled --channels_last --torch_compile=reduce-overhead
-echo done
+train() {  # NAME CONFIG FLAGS...: one mnist_flax.main program
+  local name=$1 config=$2
+  shift 2
+  step "$name" python -m mnist_flax.main --config="configs/$config.py" "${common[@]}" \
+    --workdir="$work/runs/$name" "$@"
+}
+
+torch_run() {  # NAME FLAGS...: PyTorch, V36, one seed, its JSON in NAME.json
+  local name=$1
+  shift
+  step "$name" sh -c "python tools/torch_timing.py configs/v36.py ${torch_args[*]} $* \
+    > $work/$name.json"
+}
+
+screen() {  # NAME CONFIG FLAGS...: a validation sweep over cutout
+  local name=$1 config=$2
+  shift 2
+  train "$name" "$config" "${validation[@]}" --config.num_seeds="$(seeds 12)" \
+    --sweep=augment.cutout=0,6,10 "$@"
+}
+
+confirm() {  # NAME CONFIG INCUMBENT_SCREEN SCREEN...: the rule's pick, on the test set
+  local name=$1 config=$2
+  shift 2
+  python tools/screen_decide.py "$1" 0 "${@:2}" > "$work/$name.decision.json" || return
+  read -r model cutout < <(tail -n 1 "$work/$name.decision.json")
+  train "$name" "$config" --config.model="$model" --config.augment.cutout="$cutout" \
+    --config.num_seeds="$(seeds 10)"
+}
+
+if [[ $phase == 19 ]]; then
+  train k1 v36 --config.num_seeds=1
+  torch_run torch_eager
+  train k32 v36 --config.num_seeds="$(seeds 32)"
+  screen screen_champion champion
+  torch_run torch_compiled --compile=reduce-overhead --channels_last
+  train float32_k16 v36 --config.num_seeds="$(seeds 16)" --config.precision=float32
+  train bfloat16_k8 v36 --config.num_seeds="$(seeds 8)" --config.precision=bfloat16
+  train k8 v36 --config.num_seeds="$(seeds 8)"
+  python tools/run_summary.py "$work"/runs/{k1,k32,float32_k16,bfloat16_k8,k8} \
+    > "$work/runs.json" 2> "$work/logs/run_summary.log"
+elif [[ $phase == 21 ]]; then
+  screen screen_v36sep champion --config.model=v36sep
+  screen screen_tiny tiny
+  screen screen_v36sep_tiny tiny --config.model=v36sep_tiny
+  confirm confirm_champion champion "$prior/runs/screen_champion" "$work/runs/screen_v36sep"
+  confirm confirm_tiny tiny "$work/runs/screen_tiny" "$work/runs/screen_v36sep_tiny"
+  python tools/run_summary.py "$work"/runs/confirm_* > "$work/runs.json" \
+    2> "$work/logs/run_summary.log"
+fi
+pack
+echo "done in ${SECONDS}s"
