@@ -26,9 +26,11 @@ class Conv:
   dilation: int = 1
 
   def out_channels(self, in_channels: int) -> int:
+    """`features`, whatever comes in."""
     return self.features
 
   def groups(self, in_channels: int) -> int:
+    """PyTorch's `groups` (Flax's feature_group_count): 1, a dense conv."""
     return 1
 
 
@@ -45,9 +47,11 @@ class DepthwiseConv:
   dilation: int = 1
 
   def out_channels(self, in_channels: int) -> int:
+    """`multiplier` channels per input channel."""
     return in_channels * self.multiplier
 
   def groups(self, in_channels: int) -> int:
+    """One group per input channel."""
     return in_channels
 
 
@@ -72,6 +76,7 @@ class GlobalAvgPool:
 
 
 Layer = Union[Conv, DepthwiseConv, BatchNorm, ReLU, MaxPool, GlobalAvgPool]
+Network = tuple[Layer, ...]
 # The layers with weights of shape (out, in / groups, k, k); the others' only
 # parameters are BatchNorm's.
 CONVS = (Conv, DepthwiseConv)
@@ -80,7 +85,7 @@ CONVS = (Conv, DepthwiseConv)
 def span(layer: Conv | DepthwiseConv) -> int:
   """The effective (dilated) kernel size: d * (k - 1) + 1 input pixels."""
   return layer.dilation * (layer.kernel - 1) + 1
-Network = tuple[Layer, ...]
+
 
 INPUT_SHAPE = (28, 28, 1)  # H, W, C
 PARAM_LIMIT = 8_000
@@ -199,8 +204,8 @@ class LayerInfo:
   in_shape: tuple[int, int, int]   # H, W, C
   out_shape: tuple[int, int, int]
   params: int
-  kernel: int      # receptive-field terms, 1 and 1 for pointwise layers;
-  stride: int      # kernel is a dilated conv's span
+  kernel: int      # receptive-field terms (1 and 1 for pointwise layers;
+  stride: int      # a dilated conv's kernel is its span)
   jump_in: int
   rf_in: int
   jump_out: int

@@ -120,7 +120,9 @@ def check_state_dict(name: str, state_dict: dict[str, Any]) -> None:
 def from_state_dict(name: str, state_dict: dict[str, Any]) -> tuple[dict, int]:
   """({'params', 'batch_stats'} as numpy, num_batches_tracked) from a state_dict."""
   check_state_dict(name, state_dict)
-  sd = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, 'detach') else v)
+  # Copies: a CPU tensor's .numpy() shares its memory, and a training-mode
+  # forward would then update the converted running statistics in place.
+  sd = {k: np.array(v.detach().cpu().numpy() if hasattr(v, 'detach') else v)
         for k, v in state_dict.items()}
   params, stats, tracked = {}, {}, set()
   for layer in arch.get_network(name):
