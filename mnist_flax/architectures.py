@@ -23,6 +23,36 @@ class Conv:
   kernel: int = 3
   padding: int = 0
   bias: bool = False
+  dilation: int = 1
+
+  def out_channels(self, in_channels: int) -> int:
+    """`features`, whatever comes in."""
+    return self.features
+
+  def groups(self, in_channels: int) -> int:
+    """PyTorch's `groups` (Flax's feature_group_count): 1, a dense conv."""
+    return 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DepthwiseConv:
+  """A square depthwise convolution, stride 1: one group per input channel,
+  each with `multiplier` filters, so in_channels * multiplier channels out."""
+
+  name: str
+  kernel: int = 3
+  padding: int = 0
+  multiplier: int = 1
+  bias: bool = False
+  dilation: int = 1
+
+  def out_channels(self, in_channels: int) -> int:
+    """`multiplier` channels per input channel."""
+    return in_channels * self.multiplier
+
+  def groups(self, in_channels: int) -> int:
+    """One group per input channel."""
+    return in_channels
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,29 +75,65 @@ class GlobalAvgPool:
   pass
 
 
-Layer = Union[Conv, BatchNorm, ReLU, MaxPool, GlobalAvgPool]
+Layer = Union[Conv, DepthwiseConv, BatchNorm, ReLU, MaxPool, GlobalAvgPool]
 Network = tuple[Layer, ...]
+# The layers with weights of shape (out, in / groups, k, k); the others' only
+# parameters are BatchNorm's.
+CONVS = (Conv, DepthwiseConv)
+
+
+def span(layer: Conv | DepthwiseConv) -> int:
+  """The effective (dilated) kernel size: d * (k - 1) + 1 input pixels."""
+  return layer.dilation * (layer.kernel - 1) + 1
+
 
 INPUT_SHAPE = (28, 28, 1)  # H, W, C
 PARAM_LIMIT = 8_000
+TINY_PARAM_LIMIT = 4_000  # configs/tiny.py's and the sub-4K screens' budget
 
 
 def block(index: int | str, features: int, kernel: int = 3, padding: int = 0,
-          bias: bool = False) -> Network:
+          bias: bool = False, dilation: int = 1) -> Network:
   """conv{index} -> bn{index} -> ReLU, the seeds' building block."""
-  return (Conv(f'conv{index}', features, kernel, padding, bias),
+  return (Conv(f'conv{index}', features, kernel, padding, bias, dilation),
+          BatchNorm(f'bn{index}'), ReLU())
+
+
+def separable(index: int | str, features: int, kernel: int = 3, padding: int = 0,
+              multiplier: int = 1) -> Network:
+  """dw{index} (depthwise k x k) -> pw{index} (1x1) -> bn{index} -> ReLU: a
+  block's receptive field for k * k * C * m + C * m * features weights instead
+  of k * k * C * features. No biases: BatchNorm follows and would cancel them."""
+  return (DepthwiseConv(f'dw{index}', kernel, padding, multiplier),
+          Conv(f'pw{index}', features, kernel=1),
           BatchNorm(f'bn{index}'), ReLU())
 
 
 V36_CHANNELS = (8, 10, 12, 16, 16)
 
 
-def _v36(bias: bool, channels: tuple[int, ...] = V36_CHANNELS) -> Network:
+def _v36(bias: bool, channels: tuple[int, ...] = V36_CHANNELS,
+         conv4_dilation: int = 1) -> Network:
   # First seed, OptimizedNetV36: conv_final (1x1) comes before GAP.
   c1, c2, c3, c4, c5 = channels
+  # conv4 sees a 5x5 map; padding d - 1 keeps its 3x3 output at any dilation d
+  # (5 + 2(d - 1) - 2d = 3), so conv5 still ends at 1x1.
   return (*block(1, c1, bias=bias), *block(2, c2, bias=bias), MaxPool(),
           *block(3, c3, bias=bias), MaxPool(),
-          *block(4, c4, bias=bias), *block(5, c5, bias=bias),
+          *block(4, c4, padding=conv4_dilation - 1, bias=bias,
+                 dilation=conv4_dilation),
+          *block(5, c5, bias=bias),
+          Conv('conv_final', 10, kernel=1, bias=True), GlobalAvgPool())
+
+
+def _v36_separable(channels: tuple[int, int, int, int, int],
+                   multiplier: int = 1) -> Network:
+  """V36's layout with conv3..conv5 as depthwise-separable blocks (no biases
+  before BatchNorm); `multiplier` widens block 3's depthwise conv."""
+  c1, c2, c3, c4, c5 = channels
+  return (*block(1, c1), *block(2, c2), MaxPool(),
+          *separable(3, c3, multiplier=multiplier), MaxPool(),
+          *separable(4, c4), *separable(5, c5),
           Conv('conv_final', 10, kernel=1, bias=True), GlobalAvgPool())
 
 
@@ -84,11 +150,16 @@ def _model_2() -> Network:
           GlobalAvgPool(), Conv('conv_final', 10, kernel=1))
 
 
-def _model_3() -> Network:
-  return (*block(1, 10, padding=1), *block(2, 10, padding=1),
-          *block(3, 10, padding=1), MaxPool(),
-          *block(4, 16), *block(5, 16), *block(6, 8), *block(7, 8),
-          *block('7b', 8, kernel=1), *block(8, 16, kernel=1),
+MODEL3_CHANNELS = (10, 10, 10, 16, 16, 8, 8, 8, 16)
+
+
+def _model_3(channels: tuple[int, ...] = MODEL3_CHANNELS) -> Network:
+  # conv1..conv8 (conv7b and conv8 the 1x1 transitions).
+  c1, c2, c3, c4, c5, c6, c7, c7b, c8 = channels
+  return (*block(1, c1, padding=1), *block(2, c2, padding=1),
+          *block(3, c3, padding=1), MaxPool(),
+          *block(4, c4), *block(5, c5), *block(6, c6), *block(7, c7),
+          *block('7b', c7b, kernel=1), *block(8, c8, kernel=1),
           GlobalAvgPool(), Conv('conv_final', 10, kernel=1))
 
 
@@ -100,6 +171,17 @@ NETWORKS: dict[str, Network] = {
     'model1': _model_1(),
     'model2': _model_2(),
     'model3': _model_3(),
+    # Candidates for issue 21's screens (no biases before BatchNorm).
+    # V36 with depthwise-separable conv3..conv5, widths 12-24-32-40-40: 7,918.
+    'v36sep': _v36_separable((12, 24, 32, 40, 40)),
+    # The same at 16-20-24-32-32, block 3's depthwise conv doubling 20 to 40: 7,218.
+    'v36sep_m2': _v36_separable((16, 20, 24, 32, 32), multiplier=2),
+    # Under 4,000: the separable V36 at 10-16-20-24-24: 3,884.
+    'v36sep_tiny': _v36_separable((10, 16, 20, 24, 24)),
+    # V36 (with its biases) and conv4 dilated 2, padding 1: 6,260, receptive field 36.
+    'v36_dil4': _v36(bias=True, conv4_dilation=2),
+    # Model 3's layout at V36's budget: 8 channels in the first block, 14 in conv4-5: 6,116.
+    'model3_6k': _model_3((8, 8, 8, 14, 14, 8, 8, 8, 16)),
 }
 
 
@@ -122,8 +204,8 @@ class LayerInfo:
   in_shape: tuple[int, int, int]   # H, W, C
   out_shape: tuple[int, int, int]
   params: int
-  kernel: int      # receptive-field terms; 1 and 1 for pointwise layers
-  stride: int
+  kernel: int      # receptive-field terms (1 and 1 for pointwise layers;
+  stride: int      # a dilated conv's kernel is its span)
   jump_in: int
   rf_in: int
   jump_out: int
@@ -135,8 +217,9 @@ def walk(network: Network,
   """Yields shape, parameter count and receptive field for every layer.
 
   The receptive field follows the first seed's recurrence:
-  RF_out = RF_in + (k - 1) * J_in and J_out = J_in * s. Global average pooling
-  counts as a k = H pool, since each output then sees the whole map.
+  RF_out = RF_in + (k - 1) * J_in and J_out = J_in * s, with k a dilated
+  conv's span d * (k - 1) + 1. Global average pooling counts as a k = H pool,
+  since each output then sees the whole map.
   """
   shape = input_shape
   jump, rf = 1, 1
@@ -144,11 +227,13 @@ def walk(network: Network,
     h, w, c = shape
     k, s, params = 1, 1, 0
     out = shape
-    if isinstance(layer, Conv):
-      k = layer.kernel
-      params = k * k * c * layer.features + (layer.features if layer.bias else 0)
+    if isinstance(layer, CONVS):
+      k = span(layer)  # a dilated kernel's receptive field and shape
+      c_out = layer.out_channels(c)
+      params = (layer.kernel ** 2 * c // layer.groups(c) * c_out
+                + (c_out if layer.bias else 0))
       size = lambda n: n + 2 * layer.padding - k + 1
-      out = (size(h), size(w), layer.features)
+      out = (size(h), size(w), c_out)
     elif isinstance(layer, BatchNorm):
       params = 2 * c
     elif isinstance(layer, MaxPool):

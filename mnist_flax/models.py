@@ -101,16 +101,21 @@ class Net(nn.Module):
     # BatchNorm's statistics and the logits stay in the input's float type.
     wide = x.dtype
     for layer in self.network:
-      if isinstance(layer, arch.Conv):
+      if isinstance(layer, arch.CONVS):
+        c_in = x.shape[-1]
+        groups = layer.groups(c_in)
         if self.init_scheme == 'torch':
-          fan_in = layer.kernel * layer.kernel * x.shape[-1]
+          # PyTorch's fan_in counts one group's inputs: (C_in / groups) * k * k.
+          fan_in = layer.kernel * layer.kernel * (c_in // groups)
           kernel_init, bias_init = torch_conv_init(fan_in)
         else:
+          # The kernel is (k, k, C_in / groups, C_out): Flax's fan_in is per group too.
           kernel_init = flat_draw(nn.linear.default_kernel_init)
           bias_init = nn.initializers.zeros
         pad = layer.padding
-        x = nn.Conv(layer.features, (layer.kernel, layer.kernel),
+        x = nn.Conv(layer.out_channels(c_in), (layer.kernel, layer.kernel),
                     padding=((pad, pad), (pad, pad)), use_bias=layer.bias,
+                    kernel_dilation=layer.dilation, feature_group_count=groups,
                     kernel_init=kernel_init, bias_init=bias_init,
                     dtype=jnp.bfloat16 if bf16 else None,
                     precision=('highest' if self.precision == 'float32' else None),

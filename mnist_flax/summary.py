@@ -20,8 +20,12 @@ _MODEL = flags.DEFINE_string('model', 'v36',
 def _label(layer: arch.Layer) -> str:
   name = getattr(layer, 'name', '')
   kind = type(layer).__name__
-  if isinstance(layer, arch.Conv):
-    kind += f' {layer.kernel}x{layer.kernel}' + (f' p{layer.padding}' if layer.padding else '')
+  if isinstance(layer, arch.CONVS):
+    multiplier = getattr(layer, 'multiplier', 1)  # DepthwiseConv's
+    kind += (f' {layer.kernel}x{layer.kernel}'
+             + (f' p{layer.padding}' if layer.padding else '')
+             + (f' d{layer.dilation}' if layer.dilation > 1 else '')
+             + (f' x{multiplier}' if multiplier > 1 else ''))
   return f'{name} ({kind})' if name else kind
 
 
@@ -49,12 +53,12 @@ def layer_table(network: arch.Network) -> str:
 
 def rf_table(network: arch.Network) -> str:
   """k, s, jump and RF per spatial layer (RF_out = RF_in + (k - 1) * J_in)."""
-  rows = [f'{"Layer":>22} {"k":>3} {"s":>3} {"J_in":>5} {"RF_in":>6} '
+  rows = [f'{"Layer":>28} {"k":>3} {"s":>3} {"J_in":>5} {"RF_in":>6} '
           f'{"J_out":>6} {"RF_out":>7}',
-          f'{"input":>22} {"-":>3} {"-":>3} {1:>5} {1:>6} {1:>6} {1:>7}']
+          f'{"input":>28} {"-":>3} {"-":>3} {1:>5} {1:>6} {1:>6} {1:>7}']
   for info in arch.walk(network):
-    if isinstance(info.layer, (arch.Conv, arch.MaxPool, arch.GlobalAvgPool)):
-      rows.append(f'{_label(info.layer):>22} {info.kernel:>3} {info.stride:>3} '
+    if isinstance(info.layer, (*arch.CONVS, arch.MaxPool, arch.GlobalAvgPool)):
+      rows.append(f'{_label(info.layer):>28} {info.kernel:>3} {info.stride:>3} '
                   f'{info.jump_in:>5} {info.rf_in:>6} {info.jump_out:>6} '
                   f'{info.rf_out:>7}')
   rows.append(f'Receptive field of the output: {arch.receptive_field(network)} '

@@ -47,16 +47,19 @@ def torch_model(name: str, bn_momentum: float = 0.1):
       super().__init__()
       channels = arch.INPUT_SHAPE[2]
       for layer in network:
-        if isinstance(layer, arch.Conv):
-          setattr(self, layer.name, nn.Conv2d(channels, layer.features, layer.kernel,
-                                              padding=layer.padding, bias=layer.bias))
-          channels = layer.features
+        if isinstance(layer, arch.CONVS):
+          out = layer.out_channels(channels)
+          setattr(self, layer.name, nn.Conv2d(
+              channels, out, layer.kernel, padding=layer.padding,
+              dilation=layer.dilation, groups=layer.groups(channels),
+              bias=layer.bias))
+          channels = out
         elif isinstance(layer, arch.BatchNorm):
           setattr(self, layer.name, nn.BatchNorm2d(channels, momentum=bn_momentum))
 
     def forward(self, x):
       for layer in network:
-        if isinstance(layer, (arch.Conv, arch.BatchNorm)):
+        if isinstance(layer, (*arch.CONVS, arch.BatchNorm)):
           x = getattr(self, layer.name)(x)
         elif isinstance(layer, arch.ReLU):
           x = F.relu(x)
@@ -75,11 +78,12 @@ def _expected_keys(network: arch.Network) -> dict[str, tuple[int, ...] | None]:
   keys: dict[str, tuple[int, ...] | None] = {}
   for info in arch.walk(network):
     layer = info.layer
-    if isinstance(layer, arch.Conv):
-      c_in = info.in_shape[2]
-      keys[f'{layer.name}.weight'] = (layer.features, c_in, layer.kernel, layer.kernel)
+    if isinstance(layer, arch.CONVS):
+      c_in, c_out = info.in_shape[2], info.out_shape[2]
+      keys[f'{layer.name}.weight'] = (c_out, c_in // layer.groups(c_in),
+                                      layer.kernel, layer.kernel)
       if layer.bias:
-        keys[f'{layer.name}.bias'] = (layer.features,)
+        keys[f'{layer.name}.bias'] = (c_out,)
     elif isinstance(layer, arch.BatchNorm):
       c = info.in_shape[2]
       for k in ('weight', 'bias', 'running_mean', 'running_var'):
@@ -117,12 +121,15 @@ def check_state_dict(name: str, state_dict: dict[str, Any]) -> None:
 def from_state_dict(name: str, state_dict: dict[str, Any]) -> tuple[dict, int]:
   """({'params', 'batch_stats'} as numpy, num_batches_tracked) from a state_dict."""
   check_state_dict(name, state_dict)
-  sd = {k: np.asarray(v.detach().cpu().numpy() if hasattr(v, 'detach') else v)
+  # Copies: a CPU tensor's .numpy() shares its memory, and a training-mode
+  # forward would then update the converted running statistics in place.
+  sd = {k: np.array(v.detach().cpu().numpy() if hasattr(v, 'detach') else v)
         for k, v in state_dict.items()}
   params, stats, tracked = {}, {}, set()
   for layer in arch.get_network(name):
-    if isinstance(layer, arch.Conv):
-      p = {'kernel': sd[f'{layer.name}.weight'].transpose(2, 3, 1, 0)}  # OIHW -> HWIO
+    if isinstance(layer, arch.CONVS):
+      # OIHW -> HWIO; grouped convs too: both order outputs group by group.
+      p = {'kernel': sd[f'{layer.name}.weight'].transpose(2, 3, 1, 0)}
       if layer.bias:
         p['bias'] = sd[f'{layer.name}.bias']
       params[layer.name] = p
@@ -145,7 +152,7 @@ def to_state_dict(name: str, variables: dict, num_batches_tracked: int) -> dict:
   params, stats = variables['params'], variables['batch_stats']
   sd = {}
   for layer in arch.get_network(name):
-    if isinstance(layer, arch.Conv):
+    if isinstance(layer, arch.CONVS):
       sd[f'{layer.name}.weight'] = t(np.asarray(params[layer.name]['kernel']).transpose(3, 2, 0, 1))
       if layer.bias:
         sd[f'{layer.name}.bias'] = t(params[layer.name]['bias'])

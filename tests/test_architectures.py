@@ -15,6 +15,16 @@ from mnist_flax.errors import ConfigError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_COUNTS = {'v36': 6260, 'v36_nobias': 6198, 'model1': 7224,
                'model2': 7838, 'model3': 7918}
+# Issue 21's candidates, with the budget each is screened under.
+CANDIDATE_COUNTS = {'v36sep': (7918, arch.PARAM_LIMIT),
+                    'v36sep_m2': (7218, arch.PARAM_LIMIT),
+                    'v36sep_tiny': (3884, arch.TINY_PARAM_LIMIT),
+                    'v36_dil4': (6260, arch.PARAM_LIMIT),
+                    'model3_6k': (6116, arch.PARAM_LIMIT)}
+
+
+def test_every_network_has_a_count_here():
+  assert set(arch.NETWORKS) == {*SEED_COUNTS, *CANDIDATE_COUNTS}
 
 
 @pytest.mark.parametrize('name,count', SEED_COUNTS.items())
@@ -26,7 +36,15 @@ def test_param_counts_match_the_seeds(name, count):
   assert models.num_params(variables['params']) == count
 
 
-@pytest.mark.parametrize('name', SEED_COUNTS)
+@pytest.mark.parametrize('name,count,budget',
+                         [(n, *c) for n, c in CANDIDATE_COUNTS.items()])
+def test_candidate_param_counts_and_budgets(name, count, budget):
+  assert arch.param_count(arch.get_network(name)) == count < budget
+  variables = models.init_variables(models.create_model(name), jax.random.key(0))
+  assert models.num_params(variables['params']) == count
+
+
+@pytest.mark.parametrize('name', arch.NETWORKS)
 def test_output_is_ten_logits_per_image(name):
   """The Flax nets end in logits (the loss and evaluation apply log_softmax;
   the PyTorch twins end in it): ten finite values per image, that image's own."""
@@ -75,6 +93,44 @@ def test_v36_receptive_field_table_matches_the_seed():
   assert arch.receptive_field(arch.get_network('v36')) == 28
 
 
+def test_depthwise_and_dilated_shapes_params_and_receptive_field():
+  network = (arch.Conv('conv1', 4, padding=1, dilation=3),
+             arch.DepthwiseConv('dw', multiplier=2, bias=True, dilation=2),
+             arch.Conv('pw', 5, kernel=1, bias=True), arch.GlobalAvgPool())
+  rows = [(i.out_shape, i.params, i.kernel, i.rf_out) for i in arch.walk(network)]
+  # conv1 spans 3 * 2 + 1 = 7 pixels (28 + 2 - 7 + 1 = 24); dw spans 5, one
+  # 3x3 filter pair per channel: 9 * 4 * 2 weights and 8 biases.
+  assert rows == [((24, 24, 4), 36, 7, 7), ((20, 20, 8), 80, 5, 11),
+                  ((20, 20, 5), 45, 1, 11), ((1, 1, 5), 0, 20, 30)]
+  model = models.Net(network)
+  variables = models.init_variables(model, jax.random.key(0))
+  assert models.num_params(variables['params']) == arch.param_count(network) == 161
+  assert variables['params']['dw']['kernel'].shape == (3, 3, 1, 8)
+  assert model.apply(variables, jnp.zeros((2, 28, 28, 1))).shape == (2, 5)
+  with pytest.raises(ValueError, match='below 1x1'):
+    list(arch.walk((arch.Conv('c', 4, dilation=14),)))  # spans 29 > 28
+
+
+def test_v36_dil4_receptive_field():
+  rows = [(i.layer.name, i.kernel, i.in_shape[:2], i.out_shape[:2], i.rf_out)
+          for i in arch.walk(arch.get_network('v36_dil4'))
+          if isinstance(i.layer, arch.Conv)][3:5]
+  # conv4 spans 5 on the 5x5 map, padded 1 to keep V36's 3x3 for conv5.
+  assert rows == [('conv4', 5, (5, 5), (3, 3), 28), ('conv5', 3, (3, 3), (1, 1), 36)]
+
+
+def test_grouped_torch_init_counts_one_groups_fan_in():
+  """PyTorch's bound is 1/sqrt((C_in / groups) * k * k): 1/3 for a depthwise 3x3."""
+  network = arch.get_network('v36sep_m2')
+  variables = models.init_variables(models.create_model('v36sep_m2'), jax.random.key(0))
+  for info in arch.walk(network):
+    if isinstance(info.layer, arch.CONVS):
+      c_in = info.in_shape[2]
+      fan_in = info.layer.kernel ** 2 * c_in // info.layer.groups(c_in)
+      w = np.abs(np.asarray(variables['params'][info.layer.name]['kernel']))
+      assert 0.9 * fan_in ** -.5 < w.max() <= fan_in ** -.5, info.layer.name
+
+
 def test_summary_tables():
   text = summary.layer_table(arch.get_network('v36'))
   assert 'Total params: 6,260' in text and 'PASS' in text
@@ -84,6 +140,8 @@ def test_summary_tables():
   over = (*arch.block(1, 100), *arch.block(2, 100), arch.GlobalAvgPool(),
           arch.Conv('fc', 10, 1))
   assert 'FAIL' in summary.layer_table(over)
+  assert 'dw3 (DepthwiseConv 3x3 x2)' in summary.layer_table(arch.get_network('v36sep_m2'))
+  assert 'conv4 (Conv 3x3 p1 d2)' in summary.rf_table(arch.get_network('v36_dil4'))
 
 
 def test_unknown_model_names_the_choices():

@@ -12,7 +12,7 @@ from mnist_flax import convert, data, evaluate, jit_steps, models, torch_interop
 from mnist_flax.errors import UserError
 
 torch = pytest.importorskip('torch')
-MODELS = ['v36', 'v36_nobias', 'model1', 'model2', 'model3']
+MODELS = list(arch.NETWORKS)
 
 
 def _trained_torch_model(name, seed=0):
@@ -35,6 +35,34 @@ def test_torch_definitions_match_the_spec(name):
   assert sum(p.numel() for p in net.parameters()) == arch.param_count(
       arch.get_network(name))
   assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_torch_init_matches_the_flax_torch_init_bounds(name):
+  """PyTorch's default bound, 1/sqrt((C_in / groups) * k * k), is the 'torch'
+  init's: the same largest weight magnitude, layer by layer, within sampling."""
+  torch.manual_seed(0)
+  net = torch_interop.torch_model(name)
+  params = models.init_variables(models.create_model(name), jax.random.key(0))['params']
+  for layer in arch.get_network(name):
+    if isinstance(layer, arch.CONVS):
+      want = float(getattr(net, layer.name).weight.abs().max())
+      got = float(np.abs(params[layer.name]['kernel']).max())
+      assert got == pytest.approx(want, rel=0.15), layer.name
+
+
+@pytest.mark.parametrize('name', MODELS)
+def test_train_mode_logits_and_statistics_equal_torch(name):
+  net = _trained_torch_model(name).train()
+  variables, _ = torch_interop.from_state_dict(name, net.state_dict())
+  x = np.random.default_rng(0).normal(size=(16, 28, 28, 1)).astype(np.float32)
+  want = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
+  logits, updates = models.create_model(name).apply(
+      variables, jnp.asarray(x), train=True, mutable=['batch_stats'])
+  assert np.abs(np.asarray(jax.nn.log_softmax(logits)) - want).max() <= 1e-4
+  stats = torch_interop.from_state_dict(name, net.state_dict())[0]['batch_stats']
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               jax.device_get(updates['batch_stats']), stats)
 
 
 @pytest.mark.parametrize('name', MODELS)
