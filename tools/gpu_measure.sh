@@ -44,9 +44,9 @@ fi
 {
   date -u
   nvidia-smi -L 2>/dev/null || echo 'no nvidia-smi'
-  python -c 'import jax, flax, optax, orbax.checkpoint as o; print("jax", jax.__version__,
+  python3 -c 'import jax, flax, optax, orbax.checkpoint as o; print("jax", jax.__version__,
     "flax", flax.__version__, "optax", optax.__version__, "orbax", o.__version__, jax.devices())'
-  python -c 'import torch; print("torch", torch.__version__, torch.cuda.is_available())'
+  python3 -c 'import torch; print("torch", torch.__version__, torch.cuda.is_available())'
 } > "$work/logs/versions.txt" 2>&1
 
 pack() {
@@ -70,14 +70,14 @@ step() {  # NAME COMMAND...: run unless past the budget; output to logs/NAME.log
 train() {  # NAME CONFIG FLAGS...: one mnist_flax.main program
   local name=$1 config=$2
   shift 2
-  step "$name" python -m mnist_flax.main --config="configs/$config.py" "${common[@]}" \
+  step "$name" python3 -m mnist_flax.main --config="configs/$config.py" "${common[@]}" \
     --workdir="$work/runs/$name" "$@"
 }
 
 torch_run() {  # NAME FLAGS...: PyTorch, V36, one seed, its JSON in NAME.json
   local name=$1
   shift
-  step "$name" sh -c "python tools/torch_timing.py configs/v36.py ${torch_args[*]} $* \
+  step "$name" sh -c "python3 tools/torch_timing.py configs/v36.py ${torch_args[*]} $* \
     > $work/$name.json"
 }
 
@@ -91,7 +91,7 @@ screen() {  # NAME CONFIG FLAGS...: a validation sweep over cutout
 confirm() {  # NAME CONFIG INCUMBENT_SCREEN SCREEN...: the rule's pick, on the test set
   local name=$1 config=$2
   shift 2
-  python tools/screen_decide.py "$1" 0 "${@:2}" > "$work/$name.decision.json" || return
+  python3 tools/screen_decide.py "$1" 0 "${@:2}" > "$work/$name.decision.json" || return
   read -r model cutout < <(tail -n 1 "$work/$name.decision.json")
   train "$name" "$config" --config.model="$model" --config.augment.cutout="$cutout" \
     --config.num_seeds="$(seeds 10)"
@@ -106,7 +106,7 @@ if [[ $phase == 19 ]]; then
   train float32_k16 v36 --config.num_seeds="$(seeds 16)" --config.precision=float32
   train bfloat16_k8 v36 --config.num_seeds="$(seeds 8)" --config.precision=bfloat16
   train k8 v36 --config.num_seeds="$(seeds 8)"
-  python tools/run_summary.py "$work"/runs/{k1,k32,float32_k16,bfloat16_k8,k8} \
+  python3 tools/run_summary.py "$work"/runs/{k1,k32,float32_k16,bfloat16_k8,k8} \
     > "$work/runs.json" 2> "$work/logs/run_summary.log"
 elif [[ $phase == 21 ]]; then
   screen screen_v36sep champion --config.model=v36sep
@@ -114,7 +114,7 @@ elif [[ $phase == 21 ]]; then
   screen screen_v36sep_tiny tiny --config.model=v36sep_tiny
   confirm confirm_champion champion "$prior/runs/screen_champion" "$work/runs/screen_v36sep"
   confirm confirm_tiny tiny "$work/runs/screen_tiny" "$work/runs/screen_v36sep_tiny"
-  python tools/run_summary.py "$work"/runs/confirm_* > "$work/runs.json" \
+  python3 tools/run_summary.py "$work"/runs/confirm_* > "$work/runs.json" \
     2> "$work/logs/run_summary.log"
 fi
 pack
