@@ -30,7 +30,7 @@ from mnist_flax.errors import UserError
 # what is computed. Any other difference is refused.
 RESUMABLE_KEYS = frozenset({'data_dir', 'tfds_data_dir', 'verify_checksums',
                             'progress_bar', 'eval_batch_size', 'target_accuracy',
-                            'keep_checkpoints', 'steps_per_dispatch',
+                            'keep_checkpoints', 'checkpoint_every', 'steps_per_dispatch',
                             'seed_parallelism'})
 
 

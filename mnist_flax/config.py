@@ -69,6 +69,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.gamma = 0.1
 
   c.keep_checkpoints = 2    # the last N epochs' checkpoints, plus the best one
+  c.checkpoint_every = 1    # save every N epochs (and the last); a resume restarts
+                            # from the last saved epoch. Each save costs ~0.2 s
+                            # a run, which adds up over a sweep's many runs
   c.target_accuracy = 99.4  # the final-3-epoch average the seeds aim for
   c.progress_bar = True
   return c

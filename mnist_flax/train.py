@@ -112,6 +112,8 @@ def _run_configs(config: ml_collections.ConfigDict, workdir: str,
   read any run."""
   if config.num_seeds < 1:
     raise ConfigError(f'num_seeds must be >= 1, not {config.num_seeds}')
+  if config.checkpoint_every < 1:
+    raise ConfigError(f'checkpoint_every must be >= 1 (epochs), not {config.checkpoint_every}')
   if config.num_seeds == 1 and not swept:
     return [(config, workdir, {})]
   runs = []
@@ -277,10 +279,12 @@ def _train_epochs(config: ml_collections.ConfigDict, runs: list[_Run],
           'learning_rate': float(run.optimizer.learning_rate(step - 1)),
           'epoch_time_s': time.time() - start_time,
       })
+    save = epoch % config.checkpoint_every == 0 or epoch == config.num_epochs
     for k, (run, record) in enumerate(zip(runs, records)):
       run.history.append(record)
       run.last_state = unstack(state, k) if stacked else state
-      run.ckpts.save(step, run.last_state, {'epoch': epoch, 'history': run.history})
+      if save:
+        run.ckpts.save(step, run.last_state, {'epoch': epoch, 'history': run.history})
       if run.writer:
         run.writer.write(record)
       if parallel.is_primary():

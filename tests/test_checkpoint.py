@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -271,3 +272,16 @@ def test_predict_refuses_non_images_and_bombs(tmp_path):
   _bomb_png(bomb, 100_000)  # PIL refuses this one itself
   with pytest.raises(predict.ImageError, match='declares too many pixels'):
     predict.load_image(str(bomb))
+
+
+def test_checkpoint_every_saves_those_epochs_and_the_last_then_resumes(fake_mnist_dir, tmp_path):
+  config = small_config(fake_mnist_dir, 3, checkpoint_every=2)
+  full = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  checkpoints = tmp_path / 'w' / 'checkpoints'
+  assert sorted(int(p) for p in os.listdir(checkpoints) if p.isdigit()) == [8, 12]
+  shutil.rmtree(checkpoints / '12')  # as if killed during epoch 3
+  resumed = train.train_and_evaluate(config, str(tmp_path / 'w'))
+  assert _without_times(resumed.history) == _without_times(full.history)
+  with pytest.raises(train.ConfigError, match='checkpoint_every must be >= 1'):
+    train.train_and_evaluate(small_config(fake_mnist_dir, checkpoint_every=0),
+                             str(tmp_path / 'x'))

@@ -9,6 +9,8 @@
 #   bash tools/gpu_measure.sh 21 OUT MNIST_DIR PRIOR    # issue 21: the screens' rest, and the
 #                                                       # test runs the rule picks (PRIOR: phase
 #                                                       # 19's results, unpacked)
+#   bash tools/gpu_measure.sh '19 21' OUT MNIST_DIR     # both, in one call
+#   STEPS='k1 k8' bash tools/gpu_measure.sh ...         # only the steps named
 #   TINY=1 bash tools/gpu_measure.sh ...                # the same steps on CPU, tiny
 #
 # Phase 19, V36 (configs/v36.py, 15 epochs) unless named: 1 seed; PyTorch's same
@@ -17,18 +19,21 @@
 # 3 values x 12 seeds (docs/research.md); PyTorch compiled (CUDA graphs,
 # channels_last); 16 seeds in full float32, 8 in bfloat16; 8 seeds.
 # Phase 21: the separable layouts' and tiny's cutout screens, then the rule's
-# picks (tools/screen_decide.py) on the test set, 10 seeds each.
+# picks (tools/screen_decide.py) on the test set, 10 seeds each. Every program
+# saves only its final checkpoint (checkpoint_every=15): a save costs ~0.2 s
+# per run, over a minute for a 32-run program saving every epoch.
 set -uo pipefail
 phase=$1
 out=$2
 data=$3
-prior=${4:-}
-work=/tmp/gpu_work_$phase
+work=/tmp/gpu_work
+prior=${4:-$work}
 budget=${BUDGET_S:-330}
 mkdir -p "$work/logs" "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export JAX_COMPILATION_CACHE_DIR=/tmp/jax_cache
-common=(--config.data_dir="$data" --config.progress_bar=False --config.verify_checksums=False)
+common=(--config.data_dir="$data" --config.progress_bar=False --config.verify_checksums=False
+        --config.checkpoint_every=15)
 validation=(--config.validation_examples=10000)
 torch_args=("$data" cuda)
 seeds() { echo "$1"; }
@@ -56,6 +61,9 @@ pack() {
 step() {  # NAME COMMAND...: run unless past the budget; output to logs/NAME.log
   local name=$1
   shift
+  if [[ -n "${STEPS:-}" && " $STEPS " != *" $name "* ]]; then
+    return
+  fi
   local left=$((budget - SECONDS))
   if ((left <= 5)); then
     echo "$name skipped (budget)" >> "$work/logs/steps.txt"
@@ -91,13 +99,16 @@ screen() {  # NAME CONFIG FLAGS...: a validation sweep over cutout
 confirm() {  # NAME CONFIG INCUMBENT_SCREEN SCREEN...: the rule's pick, on the test set
   local name=$1 config=$2
   shift 2
+  if [[ -n "${STEPS:-}" && " $STEPS " != *" $name "* ]]; then
+    return
+  fi
   python3 tools/screen_decide.py "$1" 0 "${@:2}" > "$work/$name.decision.json" || return
   read -r model cutout < <(tail -n 1 "$work/$name.decision.json")
   train "$name" "$config" --config.model="$model" --config.augment.cutout="$cutout" \
     --config.num_seeds="$(seeds 10)"
 }
 
-if [[ $phase == 19 ]]; then
+if [[ " $phase " == *" 19 "* ]]; then
   train k1 v36 --config.num_seeds=1
   torch_run torch_eager
   train k32 v36 --config.num_seeds="$(seeds 32)"
@@ -108,14 +119,16 @@ if [[ $phase == 19 ]]; then
   train k8 v36 --config.num_seeds="$(seeds 8)"
   python3 tools/run_summary.py "$work"/runs/{k1,k32,float32_k16,bfloat16_k8,k8} \
     > "$work/runs.json" 2> "$work/logs/run_summary.log"
-elif [[ $phase == 21 ]]; then
+  pack
+fi
+if [[ " $phase " == *" 21 "* ]]; then
   screen screen_v36sep champion --config.model=v36sep
   screen screen_tiny tiny
   screen screen_v36sep_tiny tiny --config.model=v36sep_tiny
   confirm confirm_champion champion "$prior/runs/screen_champion" "$work/runs/screen_v36sep"
   confirm confirm_tiny tiny "$work/runs/screen_tiny" "$work/runs/screen_v36sep_tiny"
-  python3 tools/run_summary.py "$work"/runs/confirm_* > "$work/runs.json" \
-    2> "$work/logs/run_summary.log"
+  python3 tools/run_summary.py "$work"/runs/confirm_* > "$work/confirm_runs.json" \
+    2> "$work/logs/confirm_summary.log"
 fi
 pack
 echo "done in ${SECONDS}s"
