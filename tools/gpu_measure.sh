@@ -17,7 +17,9 @@
 # recipe on the same card (tools/torch_timing.py), eager; 32 seeds in one
 # program; the champion's cutout screen on the validation split, a sweep of
 # 3 values x 12 seeds (docs/research.md); PyTorch compiled (CUDA graphs,
-# channels_last); 16 seeds in full float32, 8 in bfloat16; 8 seeds.
+# channels_last); 16 seeds in full float32, 8 in bfloat16; 8 seeds; V36's
+# convolutions for 1, 8 and 32 runs, vmapped against batched patches
+# (tools/conv_forms.py).
 # Phase 21: the separable layouts' and tiny's cutout screens, then the rule's
 # picks (tools/screen_decide.py) on the test set, 10 seeds each. Every program
 # saves only its final checkpoint (checkpoint_every=15): a save costs ~0.2 s
@@ -36,6 +38,7 @@ common=(--config.data_dir="$data" --config.progress_bar=False --config.verify_ch
         --config.checkpoint_every=15)
 validation=(--config.validation_examples=10000)
 torch_args=("$data" cuda)
+conv_args=()
 seeds() { echo "$1"; }
 if [[ -n "${TINY:-}" ]]; then
   # The accelerator path on CPU: scanned dispatches and vmapped runs.
@@ -43,6 +46,7 @@ if [[ -n "${TINY:-}" ]]; then
            --config.steps_per_dispatch=4 --config.seed_parallelism=vmap)
   validation=(--config.validation_examples=256)
   torch_args=("$data" cpu --num_epochs=2 --train_examples=1024)
+  conv_args=(--runs=1,2 --repeats=2 --batch=16)
   seeds() { echo 2; }
 fi
 
@@ -117,6 +121,7 @@ if [[ " $phase " == *" 19 "* ]]; then
   train float32_k16 v36 --config.num_seeds="$(seeds 16)" --config.precision=float32
   train bfloat16_k8 v36 --config.num_seeds="$(seeds 8)" --config.precision=bfloat16
   train k8 v36 --config.num_seeds="$(seeds 8)"
+  step conv_forms sh -c "python3 tools/conv_forms.py ${conv_args[*]} > $work/conv_forms.json"
   python3 tools/run_summary.py "$work"/runs/{k1,k32,float32_k16,bfloat16_k8,k8} \
     > "$work/runs.json" 2> "$work/logs/run_summary.log"
   pack
