@@ -24,6 +24,8 @@ SAME_INPUTS = ('dataset', 'mean', 'std')
 
 
 class Teacher(NamedTuple):
+  """A trained run that teaches, loaded once and kept on the devices."""
+
   model: models.Net
   variables: Any  # its evaluated variables (the moving averages if it kept them)
   description: str  # 'distilled from MODEL (N params, trained separately)'
