@@ -68,6 +68,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.step_size = 8           # step: StepLR, in epochs
   c.schedule.gamma = 0.1
 
+  # Knowledge distillation (Hinton et al.), a separate track: the student keeps
+  # the parameter and epoch rules; the teacher's training is extra compute.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher = ''             # workdir of a trained run (its latest
+                                     # checkpoint teaches); '' = off
+  c.distill.alpha = 0.0              # in [0, 1]: loss = (1 - alpha) * CE(labels,
+                                     # label_smoothing) + alpha * T^2 * KL(teacher_T
+                                     # || student_T), _T: softmax of logits / T
+  c.distill.temperature = 4.0        # T > 0
+
   c.keep_checkpoints = 2    # the last N epochs' checkpoints, plus the best one
   c.checkpoint_every = 1    # save every N epochs (and the last); a resume restarts
                             # from the last saved epoch. Each save costs ~0.2 s

@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from mnist_flax import models, optim, parallel, sweep
+from mnist_flax import distill, models, optim, parallel, sweep
 from mnist_flax.errors import ConfigError, unknown
 from mnist_flax.jit_steps import Metrics, TrainState, add_metrics, eval_step, train_step
 
@@ -137,13 +137,14 @@ def make_steps(model: models.Net, tx: optax.GradientTransformation,
                config: ml_collections.ConfigDict, steps_per_epoch: int,
                mesh: jax.sharding.Mesh | None = None,
                stacked: bool = False,
-               swept: Mapping[str, Sequence[Any]] | None = None) -> Steps:
+               swept: Mapping[str, Sequence[Any]] | None = None,
+               teacher: distill.Teacher | None = None) -> Steps:
   """Jitted train and eval steps; the train steps donate state and metrics.
 
   `mesh`: batches split across its devices. `stacked`: state, metrics and perm
   carry a leading run axis and every run trains at once (`over_seeds`), each
   with its values of `swept` ({key: one value per run}, `sweep.SWEEPABLE` keys)
-  and the optimizer built from them.
+  and the optimizer built from them. `teacher`: every run distils from it.
   """
   sharding = parallel.batch_sharded(mesh) if mesh is not None else None
   how = seed_parallelism(config.seed_parallelism, mesh)
@@ -151,18 +152,20 @@ def make_steps(model: models.Net, tx: optax.GradientTransformation,
   augmented_steps = (augmented_epochs(config) * steps_per_epoch
                      if config.augment.clean_epochs else None)
 
-  def step(state, metrics, images, labels, perm, start, *, batch_size):
+  def step(state, metrics, images, labels, perm, start, teacher_variables, *,
+           batch_size):
     def make(run_config):
       # The optimizer's numeric hyperparameters live in each run's opt_state
       # (optax.inject_hyperparams); its schedules are rebuilt from the run's values.
       run_tx = optim.create_optimizer(run_config, steps_per_epoch).tx if swept else tx
       return functools.partial(train_step, batch_size=batch_size, model=model,
                                tx=run_tx, config=run_config,
-                               augmented_steps=augmented_steps, batch_sharding=sharding)
-    if stacked:
-      return over_seeds(make, config, (0, 0, None, None, 0, None), how, swept)(
-          state, metrics, images, labels, perm, start)
-    return make(config)(state, metrics, images, labels, perm, start)
+                               augmented_steps=augmented_steps, batch_sharding=sharding,
+                               teacher=teacher.model if teacher else None)
+    args = (state, metrics, images, labels, perm, start, teacher_variables)
+    if stacked:  # one teacher for every run
+      return over_seeds(make, config, (0, 0, None, None, 0, None, None), how, swept)(*args)
+    return make(config)(*args)
 
   # Evaluation reads no swept key.
   evaluate_ = functools.partial(eval_step, model=model, config=config)
@@ -175,13 +178,20 @@ def make_steps(model: models.Net, tx: optax.GradientTransformation,
     first = evaluate_(state, images[0], labels[0])
     return jax.lax.scan(body, first, (images[1:], labels[1:]))[0]
 
-  def many(state, metrics, images, labels, perm, starts, *, batch_size):
+  def many(state, metrics, images, labels, perm, starts, teacher_variables, *,
+           batch_size):
     def body(carry, start):
-      return step(*carry, images, labels, perm, start, batch_size=batch_size), None
+      return step(*carry, images, labels, perm, start, teacher_variables,
+                  batch_size=batch_size), None
     return jax.lax.scan(body, (state, metrics), starts)[0]
 
-  jit = functools.partial(jax.jit, static_argnames='batch_size',
-                          donate_argnums=(0, 1))
+  def jit(fn):
+    # The teacher's variables are an argument of the program, not constants
+    # compiled into it; without a teacher, None adds nothing to it.
+    return functools.partial(
+        jax.jit(fn, static_argnames='batch_size', donate_argnums=(0, 1)),
+        teacher_variables=teacher.variables if teacher else None)
+
   return Steps(jit(step), jax.jit(evaluate_all), jit(many))
 
 

@@ -108,6 +108,17 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
   return optax.softmax_cross_entropy(logits, targets)
 
 
+def distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array,
+                      temperature: float) -> jax.Array:
+  """Per-example T^2 * KL(softmax(teacher / T) || softmax(student / T)), Hinton
+  et al.'s soft-target loss; T^2 keeps its gradients' scale independent of T.
+  Its batch mean is PyTorch's `F.kl_div(F.log_softmax(s / T), F.softmax(t / T),
+  reduction='batchmean') * T * T`."""
+  teacher = jax.nn.log_softmax(teacher_logits / temperature)
+  student = jax.nn.log_softmax(student_logits / temperature)
+  return temperature ** 2 * (jnp.exp(teacher) * (teacher - student)).sum(-1)
+
+
 def summed_metrics(logits: jax.Array, labels: jax.Array) -> Metrics:
   """Summed loss, correct count and count; label -1 marks padding, not counted."""
   valid = labels >= 0
@@ -129,18 +140,22 @@ def zero_metrics() -> Metrics:
 
 
 def train_step(state: TrainState, metrics: Metrics, images: jax.Array,
-               labels: jax.Array, perm: jax.Array, start: jax.Array, *,
+               labels: jax.Array, perm: jax.Array, start: jax.Array,
+               teacher_variables: Any = None, *,
                batch_size: int, model: models.Net,
                tx: optax.GradientTransformation,
                config: ml_collections.ConfigDict,
                augmented_steps: int | None = None,
-               batch_sharding: jax.sharding.Sharding | None = None
+               batch_sharding: jax.sharding.Sharding | None = None,
+               teacher: models.Net | None = None
                ) -> tuple[TrainState, Metrics]:
   """One SGD step on perm[start:start + batch_size] of the on-device train set.
 
   Steps from `augmented_steps` on (None: never) train on un-augmented images.
   With `batch_sharding`, each device gathers, augments and trains on its slice
-  of the batch (the dataset and the state are replicated).
+  of the batch (the dataset and the state are replicated). With a `teacher`
+  model and its `teacher_variables`, the loss mixes in `distillation_loss` by
+  config.distill.alpha.
   """
   idx = jax.lax.dynamic_slice_in_dim(perm, start, batch_size)
   if batch_sharding is not None:
@@ -157,12 +172,21 @@ def train_step(state: TrainState, metrics: Metrics, images: jax.Array,
   # runs 1.25x slower on CPU (docs/performance.md).
   x = jax.lax.optimization_barrier(normalize(x, config.mean, config.std))
 
+  if teacher is not None:
+    # The batch the student sees, through the teacher's running BN statistics.
+    teacher_logits = jax.lax.stop_gradient(
+        teacher.apply(teacher_variables, x, train=False))
+
   def loss_fn(params):
     logits, updates = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
         mutable=['batch_stats'])
-    loss = cross_entropy(logits, y, config.label_smoothing).mean()
-    return loss, (logits, updates['batch_stats'])
+    loss = cross_entropy(logits, y, config.label_smoothing)
+    if teacher is not None:
+      alpha = config.distill.alpha
+      loss = (1 - alpha) * loss + alpha * distillation_loss(
+          logits, teacher_logits, config.distill.temperature)
+    return loss.mean(), (logits, updates['batch_stats'])
 
   grads, (logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)

@@ -8,7 +8,7 @@ from absl import flags
 import jax
 from ml_collections import config_flags
 
-from mnist_flax import architectures, cli, parallel, sweep, train
+from mnist_flax import architectures, cli, distill, parallel, sweep, train
 from mnist_flax.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -59,9 +59,10 @@ def main(argv: list[str]) -> None:
     network = architectures.get_network(config.model)
     params = architectures.param_count(network)
     verdict = 'PASS' if params < architectures.PARAM_LIMIT else 'FAIL'
+    distilled = distill.describe(config)
     print(f'{config.model}: {params:,} parameters, {verdict} '
-          f'(< {architectures.PARAM_LIMIT:,}); JAX {jax.__version__} on '
-          f'{parallel.describe()}', flush=True)
+          f'(< {architectures.PARAM_LIMIT:,}){f", {distilled}" if distilled else ""}; '
+          f'JAX {jax.__version__} on {parallel.describe()}', flush=True)
     train.train_seeds(config, FLAGS.workdir, swept)
   except UserError as e:
     sys.exit(f'error: {e}')

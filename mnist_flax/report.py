@@ -38,10 +38,14 @@ def eval_split(config: ml_collections.ConfigDict) -> str:
   return 'validation' if config.validation_examples else 'test'
 
 
-def format_analysis(result: dict[str, Any], split: str = 'test') -> str:
+def format_analysis(result: dict[str, Any], split: str = 'test',
+                    distilled: str = '') -> str:
+  """The analysis as printed; `distilled` (`distill.Teacher.description`)
+  labels a run of the distillation track."""
   status = 'SUCCESS' if result['success'] else 'FAIL'
   return '\n'.join([
       '=' * 50, 'FINAL 3 EPOCHS ANALYSIS',
+      *([f'Separate track: {distilled}'] if distilled else []),
       f'{split.capitalize()} accuracies: {[round(a, 2) for a in result["final3"]]}',
       f'Average accuracy: {result["final3_average"]:.3f}%',
       f'Best accuracy: {result["best_accuracy"]:.2f}% (epoch {result["best_epoch"]})',

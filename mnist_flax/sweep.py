@@ -29,7 +29,7 @@ SWEEPABLE = (
     'schedule.max_lr', 'schedule.div_factor', 'schedule.final_div_factor',
     'schedule.base_momentum', 'schedule.max_momentum', 'schedule.gamma',
     'augment.degrees', 'augment.translate', 'augment.cutout',
-    'label_smoothing', 'ema_decay',
+    'label_smoothing', 'ema_decay', 'distill.alpha', 'distill.temperature',
 )
 
 

@@ -16,8 +16,8 @@ import jax
 import ml_collections
 import tqdm
 
-from mnist_flax import (checkpoint, data, epoch_loop, kill_switch, models, optim,
-                        parallel, report, sweep)
+from mnist_flax import (checkpoint, data, distill, epoch_loop, kill_switch, models,
+                        optim, parallel, report, sweep)
 from mnist_flax.epoch_loop import stack, unstack
 from mnist_flax.errors import ConfigError, UserError
 from mnist_flax.jit_steps import (Metrics, TrainState, create_train_state,
@@ -64,6 +64,7 @@ class _Run:
                values: dict[str, Any], steps_per_epoch: int):
     self.config, self.workdir, self.values = config, workdir, values
     self.optimizer = optim.create_optimizer(config, steps_per_epoch)
+    distill.check(config)  # each run's, when a sweep varies distill's values
     self.label = ' '.join([*(f'{k}={v!r}' for k, v in values.items()),
                            f'seed {config.seed}'])
     if parallel.is_primary():
@@ -166,6 +167,7 @@ def train_seeds(config: ml_collections.ConfigDict, workdir: str,
   mesh = parallel.create_mesh()
   parallel.check_batch_sizes({size for _, size in batches}, mesh)
   replicated = parallel.replicated(mesh)
+  teacher = distill.load_teacher(config, replicated)
   runs = [_Run(c, w, values, len(batches))
           for c, w, values in _run_configs(config, workdir, swept)]
   stacked = len(runs) > 1
@@ -193,7 +195,7 @@ def train_seeds(config: ml_collections.ConfigDict, workdir: str,
         run.open()
       per_run = {key: [run.values[key] for run in runs] for key in swept}
       steps = epoch_loop.make_steps(model, runs[0].optimizer.tx, config,
-                                    len(batches), mesh, stacked, per_run)
+                                    len(batches), mesh, stacked, per_run, teacher)
       _train_epochs(config, runs, stack(states) if stacked else states[0], ds,
                     steps, batches, mesh)
   finally:
@@ -204,7 +206,8 @@ def train_seeds(config: ml_collections.ConfigDict, workdir: str,
     analysis = report.final_analysis(run.history, config.target_accuracy)
     if parallel.is_primary() and not swept:  # a sweep ends with its table
       print((f'{run.label}\n' if stacked else '')
-            + report.format_analysis(analysis, report.eval_split(config)), flush=True)
+            + report.format_analysis(analysis, report.eval_split(config),
+                                     teacher.description if teacher else ''), flush=True)
     results.append(TrainResult(run.last_state, run.history, analysis))
   if swept and parallel.is_primary():
     rows = [{**run.values, 'seed': run.config.seed,

@@ -41,6 +41,7 @@ def test_summary_cli():
     ('--config.optimizer.nme=1', "did you mean 'name'?"),
     ('--config.model=v37', "unknown model 'v37'"),
     ('--config.data_dir=/no/such/dir', 'data_dir /no/such/dir is not a directory'),
+    ('--config.distill.alpha=2', 'distill.alpha must be in [0, 1], not 2.0'),
 ])
 def test_train_cli_bad_input(override, message, tmp_path):
   proc = _run('mnist_flax.main', '--config=configs/v36.py',
