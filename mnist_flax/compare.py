@@ -28,7 +28,7 @@ import numpy as np
 
 from mnist_flax import (cli, data, epoch_loop, jit_steps, models, optim, report, torch_interop,
                         torch_recipe, train)
-from mnist_flax.errors import UserError
+from mnist_flax.errors import ConfigError, UserError
 
 
 def _torch_step(torch, net, optimizer, scheduler, x, y, label_smoothing):
@@ -211,6 +211,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 def compare(config: ml_collections.ConfigDict, seeds: int, workdir: str,
             torch_device: str = 'cpu', **torch_options: Any) -> str:
   """Trains `seeds` seeds in each framework; returns the table."""
+  if config.distill.teacher:
+    raise ConfigError('compare has no distillation on its PyTorch side; drop '
+                      '--config.distill.teacher to compare the plain recipe')
   torch_interop.require_torch()
   ds = data.load_for(config)
   os.makedirs(workdir, exist_ok=True)

@@ -10,6 +10,7 @@ import pytest
 from mnist_flax import compare, data, torch_interop
 from mnist_flax.errors import UserError
 from configs import model3, v36
+from conftest import small_config
 
 torch = pytest.importorskip('torch')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,3 +134,10 @@ def test_identical_start_trains_without_cutout(fake_mnist_dir):
   ds = data.load_idx_dir(fake_mnist_dir, verify=False)
   jl, tl = compare.identical_start(config, ds, steps=5, float64=True)
   assert np.abs(jl - tl).max() < 1e-6
+
+
+def test_compare_refuses_a_distilled_config(fake_mnist_dir, tmp_path):
+  config = small_config(fake_mnist_dir)
+  config.distill.teacher, config.distill.alpha = str(tmp_path), 0.5
+  with pytest.raises(compare.ConfigError, match='compare has no distillation'):
+    compare.compare(config, 1, str(tmp_path / 'c'))
