@@ -9,7 +9,8 @@
 #   bash tools/gpu_measure.sh 21 OUT MNIST_DIR PRIOR    # issue 21: the screens' rest, and the
 #                                                       # test runs the rule picks (PRIOR: phase
 #                                                       # 19's results, unpacked)
-#   bash tools/gpu_measure.sh '19 21' OUT MNIST_DIR     # both, in one call
+#   bash tools/gpu_measure.sh kd OUT MNIST_DIR          # issue 21's distillation track
+#   bash tools/gpu_measure.sh '19 21' OUT MNIST_DIR     # several phases, in one call
 #   STEPS='k1 k8' bash tools/gpu_measure.sh ...         # only the steps named
 #   TINY=1 bash tools/gpu_measure.sh ...                # the same steps on CPU, tiny
 #
@@ -21,7 +22,11 @@
 # convolutions for 1, 8 and 32 runs, vmapped against batched patches
 # (tools/conv_forms.py).
 # Phase 21: the separable layouts' and tiny's cutout screens, then the rule's
-# picks (tools/screen_decide.py) on the test set, 10 seeds each. Every program
+# picks (tools/screen_decide.py) on the test set, 10 seeds each.
+# Phase kd: a teacher (v36:16-24-32-48-48, 46,066 params) trained on the
+# validation split's 50,000 images; the champion distilled from it, a sweep of
+# distill.alpha 0, 0.5, 0.9 x 12 seeds on validation; the teacher on all 60,000;
+# the rule's alpha on the test set, 10 seeds (docs/research.md). Every program
 # saves only its final checkpoint (checkpoint_every=15): a save costs ~0.2 s
 # per run, over a minute for a 32-run program saving every epoch.
 set -uo pipefail
@@ -106,10 +111,22 @@ confirm() {  # NAME CONFIG INCUMBENT_SCREEN SCREEN...: the rule's pick, on the t
   if [[ -n "${STEPS:-}" && " $STEPS " != *" $name "* ]]; then
     return
   fi
-  python3 tools/screen_decide.py "$1" 0 "${@:2}" > "$work/$name.decision.json" || return
+  python3 tools/screen_decide.py augment.cutout "$1" 0 "${@:2}" \
+    > "$work/$name.decision.json" || return
   read -r model cutout < <(tail -n 1 "$work/$name.decision.json")
   train "$name" "$config" --config.model="$model" --config.augment.cutout="$cutout" \
     --config.num_seeds="$(seeds 10)"
+}
+
+confirm_kd() {  # the distillation screen's alpha, on the test set
+  if [[ -n "${STEPS:-}" && " $STEPS " != *" confirm_kd "* ]]; then
+    return
+  fi
+  python3 tools/screen_decide.py distill.alpha "$work/runs/kd_screen" 0 \
+    > "$work/confirm_kd.decision.json" || return
+  read -r _ alpha < <(tail -n 1 "$work/confirm_kd.decision.json")
+  train confirm_kd champion --config.num_seeds="$(seeds 10)" \
+    --config.distill.teacher="$work/runs/kd_teacher" --config.distill.alpha="$alpha"
 }
 
 if [[ " $phase " == *" 19 "* ]]; then
@@ -134,6 +151,16 @@ if [[ " $phase " == *" 21 "* ]]; then
   confirm confirm_tiny tiny "$work/runs/screen_tiny" "$work/runs/screen_v36sep_tiny"
   python3 tools/run_summary.py "$work"/runs/confirm_* > "$work/confirm_runs.json" \
     2> "$work/logs/confirm_summary.log"
+fi
+if [[ " $phase " == *" kd "* ]]; then
+  teacher=(--config.model=v36:16-24-32-48-48 --config.seed=100)
+  train kd_teacher_val champion "${teacher[@]}" "${validation[@]}"
+  train kd_screen champion "${validation[@]}" --config.num_seeds="$(seeds 12)" \
+    --config.distill.teacher="$work/runs/kd_teacher_val" --sweep=distill.alpha=0.0,0.5,0.9
+  train kd_teacher champion "${teacher[@]}"
+  confirm_kd
+  python3 tools/run_summary.py "$work"/runs/{kd_teacher,confirm_kd} > "$work/kd_runs.json" \
+    2> "$work/logs/kd_summary.log"
 fi
 pack
 echo "done in ${SECONDS}s"
