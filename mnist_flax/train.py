@@ -152,8 +152,9 @@ def train_seeds(config: ml_collections.ConfigDict, workdir: str,
   `swept` ({key: values}, `sweep.parse`), every seed of every combination of
   the values, all in one program, and a table of them in WORKDIR/sweep.csv.
 
-  Saves a checkpoint after every epoch and, rerun with the same workdir,
-  resumes from the latest one; a finished run is not trained again.
+  Saves a checkpoint every config.checkpoint_every epochs (and after the last)
+  and, rerun with the same workdir, resumes from the latest one; a finished run
+  is not trained again.
   """
   swept = swept or {}
   if parallel.is_primary():

@@ -15,7 +15,7 @@ def test_bench_reports_every_measurement(big_fake_mnist_dir):
   config = bench.load_config('v36')
   config.data_dir, config.verify_checksums = big_fake_mnist_dir, False
   ds = data.load_for(config)  # 4,096 training images: a short epoch
-  result = bench.bench_model('v36', ds, repeats=2, steps=3, workers=0,
+  result = bench.bench_model('v36', ds, repeats=1, steps=3, workers=0,
                              torch_compile=False, log=lambda _: None)
   for key in ('train_images_per_s', 'epoch_s', 'eval_images_per_s', 'first_step_s',
               'peak_memory_mb'):

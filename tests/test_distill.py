@@ -140,13 +140,13 @@ def test_k_seeds_share_the_teacher_and_equal_single_runs(data_dir, teacher_dir, 
   results = train.train_seeds(
       _student(data_dir, teacher_dir, 0.5, num_seeds=2, seed=6, seed_parallelism='unroll'),
       str(tmp_path / 'k'))
-  for k, result in enumerate(results):
-    single = train.train_and_evaluate(_student(data_dir, teacher_dir, 0.5, seed=6 + k),
-                                      str(tmp_path / f's{k}'))
-    _assert_close(result.state.variables, single.state.variables, 1e-5)
-    for a, b in zip(result.history, single.history, strict=True):
-      assert a['test_accuracy'] == b['test_accuracy']
-      assert a['train_loss'] == pytest.approx(b['train_loss'], rel=1e-5)
+  # The second seed: the one a teacher passed with the wrong axis would break.
+  single = train.train_and_evaluate(_student(data_dir, teacher_dir, 0.5, seed=7),
+                                    str(tmp_path / 's7'))
+  _assert_close(results[1].state.variables, single.state.variables, 1e-5)
+  for a, b in zip(results[1].history, single.history, strict=True):
+    assert a['test_accuracy'] == b['test_accuracy']
+    assert a['train_loss'] == pytest.approx(b['train_loss'], rel=1e-5)
   assert results[0].history[-1]['train_loss'] != results[1].history[-1]['train_loss']
 
 
