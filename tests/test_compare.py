@@ -103,11 +103,17 @@ def test_without_pytorch_says_how_to_get_it(monkeypatch):
     torch_interop.require_torch()
 
 
-def test_torch_recipe_skips_augmentation_in_clean_epochs(fake_mnist_dir):
-  ds = data.load_idx_dir(fake_mnist_dir, verify=False)
+def _one_torch_epoch(data_dir):
+  """V36's config (batch 64, one epoch) and a function training it in PyTorch
+  on `data_dir`, returning the test loss."""
+  ds = data.load_idx_dir(data_dir, verify=False)
   config = v36.get_config()
   config.batch_size, config.num_epochs = 64, 1
-  run = lambda: compare.train_torch(config, ds, log=lambda _: None)[-1]['test_loss']
+  return config, lambda: compare.train_torch(config, ds, log=lambda _: None)[-1]['test_loss']
+
+
+def test_torch_recipe_skips_augmentation_in_clean_epochs(fake_mnist_dir):
+  config, run = _one_torch_epoch(fake_mnist_dir)
   augmented = run()
   config.augment.clean_epochs = 1
   clean = run()
@@ -116,10 +122,7 @@ def test_torch_recipe_skips_augmentation_in_clean_epochs(fake_mnist_dir):
 
 
 def test_torch_recipe_takes_cutout_and_bn_momentum(fake_mnist_dir):
-  ds = data.load_idx_dir(fake_mnist_dir, verify=False)
-  config = v36.get_config()
-  config.batch_size, config.num_epochs = 64, 1
-  run = lambda: compare.train_torch(config, ds, log=lambda _: None)[-1]['test_loss']
+  config, run = _one_torch_epoch(fake_mnist_dir)
   plain = run()
   config.augment.cutout = 8
   cut = run()
