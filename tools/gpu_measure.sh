@@ -67,12 +67,14 @@ pack() {
   tar czf "$out/results.tgz" --exclude=checkpoints --exclude='events.out.*' -C "$work" .
 }
 
+wanted() {  # NAME: whether STEPS (if set) names this step
+  [[ -z "${STEPS:-}" || " $STEPS " == *" $1 "* ]]
+}
+
 step() {  # NAME COMMAND...: run unless past the budget; output to logs/NAME.log
   local name=$1
   shift
-  if [[ -n "${STEPS:-}" && " $STEPS " != *" $name "* ]]; then
-    return
-  fi
+  wanted "$name" || return 0
   local left=$((budget - SECONDS))
   if ((left <= 5)); then
     echo "$name skipped (budget)" >> "$work/logs/steps.txt"
@@ -108,9 +110,7 @@ screen() {  # NAME CONFIG FLAGS...: a validation sweep over cutout
 confirm() {  # NAME CONFIG INCUMBENT_SCREEN SCREEN...: the rule's pick, on the test set
   local name=$1 config=$2
   shift 2
-  if [[ -n "${STEPS:-}" && " $STEPS " != *" $name "* ]]; then
-    return
-  fi
+  wanted "$name" || return 0
   python3 tools/screen_decide.py augment.cutout "$1" 0 "${@:2}" \
     > "$work/$name.decision.json" || return
   read -r model cutout < <(tail -n 1 "$work/$name.decision.json")
@@ -119,9 +119,7 @@ confirm() {  # NAME CONFIG INCUMBENT_SCREEN SCREEN...: the rule's pick, on the t
 }
 
 confirm_kd() {  # the distillation screen's alpha, on the test set
-  if [[ -n "${STEPS:-}" && " $STEPS " != *" confirm_kd "* ]]; then
-    return
-  fi
+  wanted confirm_kd || return 0
   python3 tools/screen_decide.py distill.alpha "$work/runs/kd_screen" 0 \
     > "$work/confirm_kd.decision.json" || return
   read -r _ alpha < <(tail -n 1 "$work/confirm_kd.decision.json")
