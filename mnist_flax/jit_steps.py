@@ -53,7 +53,10 @@ def create_train_state(model: models.Net, tx: optax.GradientTransformation,
   @jax.jit
   def create(key):
     init_key, rng = jax.random.split(key)
-    variables = models.init_variables(model, init_key)
+    # Flax draws float32; inside jax.enable_x64() the state starts in float64,
+    # as the first step would leave it, so that step's program is not compiled twice.
+    variables = jax.tree.map(lambda v: v.astype(_float()),
+                             models.init_variables(model, init_key))
     return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                       batch_stats=variables['batch_stats'],
                       opt_state=tx.init(variables['params']), rng=rng,
@@ -134,7 +137,7 @@ def add_metrics(totals: Metrics, batch: Metrics) -> Metrics:
 
 def zero_metrics() -> Metrics:
   """Running train sums, and the first step with a non-finite loss (-1: none)."""
-  return {'loss': jnp.zeros((), jnp.float32), 'correct': jnp.zeros((), jnp.float32),
+  return {'loss': jnp.zeros((), _float()), 'correct': jnp.zeros((), jnp.float32),
           'count': jnp.zeros((), jnp.float32),
           'first_nonfinite': jnp.full((), -1, jnp.int32)}
 

@@ -33,6 +33,21 @@ def mnist_dir() -> str:
   return path
 
 
+def init(model, seed: int = 0):
+  """models.init_variables as one compiled program: run eagerly, Flax compiles
+  each of its ~100 ops on its own, seconds per network on CPU."""
+  # Imported here: jax must see the cache variables set above.
+  import jax  # pylint: disable=g-import-not-at-top
+  from mnist_flax import models  # pylint: disable=g-import-not-at-top
+  return jax.jit(lambda key: models.init_variables(model, key))(jax.random.key(seed))
+
+
+def apply(model, variables, x, **kwargs):
+  """model.apply(variables, x, **kwargs) as one compiled program (see init)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.jit(lambda v, x: model.apply(v, x, **kwargs))(variables, x)
+
+
 def write_fake_mnist(path, n_train=256, n_test=100):
   """Learnable fake data: the label is drawn as a bright block's position."""
   rng = np.random.default_rng(0)

@@ -11,6 +11,8 @@ from mnist_flax import architectures as arch
 from mnist_flax import convert, data, evaluate, jit_steps, models, torch_interop
 from mnist_flax.errors import UserError
 
+from conftest import apply, init
+
 torch = pytest.importorskip('torch')
 MODELS = list(arch.NETWORKS)
 # The slower parity checks run on the seeds' networks and one network of each
@@ -47,7 +49,7 @@ def test_torch_init_matches_the_flax_torch_init_bounds(name):
   init's: the same largest weight magnitude, layer by layer, within sampling."""
   torch.manual_seed(0)
   net = torch_interop.torch_model(name)
-  params = models.init_variables(models.create_model(name), jax.random.key(0))['params']
+  params = init(models.create_model(name))['params']
   for layer in arch.get_network(name):
     if isinstance(layer, arch.CONVS):
       want = float(getattr(net, layer.name).weight.abs().max())
@@ -61,8 +63,8 @@ def test_train_mode_logits_and_statistics_equal_torch(name):
   variables, _ = torch_interop.from_state_dict(name, net.state_dict())
   x = np.random.default_rng(0).normal(size=(16, 28, 28, 1)).astype(np.float32)
   want = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
-  logits, updates = models.create_model(name).apply(
-      variables, jnp.asarray(x), train=True, mutable=['batch_stats'])
+  logits, updates = apply(models.create_model(name), variables, jnp.asarray(x),
+                          train=True, mutable=['batch_stats'])
   assert np.abs(np.asarray(jax.nn.log_softmax(logits)) - want).max() <= 1e-4
   stats = torch_interop.from_state_dict(name, net.state_dict())[0]['batch_stats']
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
@@ -80,8 +82,8 @@ def test_converted_logits_equal_torch_on_real_images(name, mnist_dir):
     want = net(torch.from_numpy(x[:, None])).numpy()
   variables, tracked = torch_interop.from_state_dict(name, net.state_dict())
   assert tracked == 5
-  logits = models.create_model(name).apply(
-      variables, jit_steps.normalize(jnp.asarray(images), 0.1307, 0.3081), train=False)
+  logits = apply(models.create_model(name), variables,
+                 jit_steps.normalize(jnp.asarray(images), 0.1307, 0.3081), train=False)
   got = np.asarray(jax.nn.log_softmax(logits))
   assert np.abs(got - want).max() <= 1e-4
 

@@ -123,7 +123,8 @@ def test_short_real_training_reaches_97(mnist_dir, tmp_path):
   config = v36.get_config()
   config.data_dir = mnist_dir
   config.num_epochs = 1
-  config.train_examples = 300 * config.batch_size  # 300 steps
+  # 150 steps: 97.93% on 2026-11-26's CPU (300 steps: 98.41%)
+  config.train_examples = 150 * config.batch_size
   config.progress_bar = False
   result = train.train_and_evaluate(config, str(tmp_path))
   assert result.history[-1]['test_accuracy'] >= 97.0
