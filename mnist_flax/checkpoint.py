@@ -50,9 +50,11 @@ def _saveable(state: Any) -> dict[str, Any]:
   from before such a field existed still restore."""
   fields = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
   # An abstract state (a restore template) has the key's shape, not its data.
-  fields['rng'] = (jax.eval_shape(jax.random.key_data, state.rng)
-                   if isinstance(state.rng, jax.ShapeDtypeStruct)
-                   else jax.random.key_data(state.rng))
+  if isinstance(state.rng, jax.ShapeDtypeStruct):
+    data = jax.eval_shape(jax.random.key_data, state.rng)
+    fields['rng'] = jax.ShapeDtypeStruct(data.shape, data.dtype, sharding=state.rng.sharding)
+  else:
+    fields['rng'] = jax.random.key_data(state.rng)
   return {k: v for k, v in fields.items() if v is not None}
 
 
@@ -211,9 +213,13 @@ def load_checkpoint(workdir: str, which: str = 'latest'
                              config.bn_momentum)
   # A template with the saved structure; the schedule's length is irrelevant.
   tx = optim.create_optimizer(config, steps_per_epoch=1).tx
-  # Shapes and dtypes only: traced, not compiled (seconds on CPU).
-  template = jax.eval_shape(lambda key: jit_steps.create_train_state(
-      model, tx, key, ema=jit_steps.keeps_ema(config)), jax.random.key(0))
+  # Shapes and dtypes only: traced, not compiled (seconds on CPU). Restored
+  # onto one device, whatever devices the run was saved from.
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  template = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+      jax.eval_shape(lambda key: jit_steps.create_train_state(
+          model, tx, key, ema=jit_steps.keeps_ema(config)), jax.random.key(0)))
   ckpts = Checkpoints(workdir, read_only=True)
   step = ckpts.select(which)
   try:
