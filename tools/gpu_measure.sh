@@ -8,7 +8,8 @@
 #   bash tools/gpu_measure.sh 19 OUT MNIST_DIR          # issue 19: speed, precision, a sweep
 #   bash tools/gpu_measure.sh 21 OUT MNIST_DIR PRIOR    # issue 21: the screens' rest, and the
 #                                                       # test runs the rule picks (PRIOR: phase
-#                                                       # 19's results, unpacked)
+#                                                       # 19's results and the CPU tiny screen's,
+#                                                       # unpacked)
 #   bash tools/gpu_measure.sh kd OUT MNIST_DIR          # issue 21's distillation track
 #   bash tools/gpu_measure.sh '19 21' OUT MNIST_DIR     # several phases, in one call
 #   STEPS='k1 k8' bash tools/gpu_measure.sh ...         # only the steps named
@@ -21,8 +22,10 @@
 # channels_last); 16 seeds in full float32, 8 in bfloat16; 8 seeds; V36's
 # convolutions for 1, 8 and 32 runs, vmapped against batched patches
 # (tools/conv_forms.py).
-# Phase 21: the separable layouts' and tiny's cutout screens, then the rule's
-# picks (tools/screen_decide.py) on the test set, 10 seeds each.
+# Phase 21: the separable layout's cutout screen, then the rule's picks
+# (tools/screen_decide.py) on the test set, 10 seeds each: the champion's from
+# PRIOR's screen_champion and this screen, tiny's from the CPU screen in PRIOR
+# (docs/cpu_runs).
 # Phase kd: a teacher (v36:16-24-32-48-48, 46,066 params) trained on the
 # validation split's 50,000 images; the champion distilled from it, a sweep of
 # distill.alpha 0, 0.5, 0.9 x 12 seeds on validation; the teacher on all 60,000;
@@ -143,10 +146,8 @@ if [[ " $phase " == *" 19 "* ]]; then
 fi
 if [[ " $phase " == *" 21 "* ]]; then
   screen screen_v36sep champion --config.model=v36sep
-  screen screen_tiny tiny
-  screen screen_v36sep_tiny tiny --config.model=v36sep_tiny
   confirm confirm_champion champion "$prior/runs/screen_champion" "$work/runs/screen_v36sep"
-  confirm confirm_tiny tiny "$work/runs/screen_tiny" "$work/runs/screen_v36sep_tiny"
+  confirm confirm_tiny tiny "$prior/runs/screen_tiny" "$prior/runs/screen_v36sep_tiny"
   python3 tools/run_summary.py "$work"/runs/confirm_* > "$work/confirm_runs.json" \
     2> "$work/logs/confirm_summary.log"
 fi
