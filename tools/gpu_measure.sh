@@ -14,6 +14,7 @@
 #   bash tools/gpu_measure.sh '19 21' OUT MNIST_DIR     # several phases, in one call
 #   STEPS='k1 k8' bash tools/gpu_measure.sh ...         # only the steps named
 #   TINY=1 bash tools/gpu_measure.sh ...                # the same steps on CPU, tiny
+#                                                       # (python3 with the deps: PATH=.venv/bin:$PATH)
 #
 # Phase 19, V36 (configs/v36.py, 15 epochs) unless named: 1 seed; PyTorch's same
 # recipe on the same card (tools/torch_timing.py), eager; 32 seeds in one
