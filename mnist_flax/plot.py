@@ -80,37 +80,47 @@ def plot_confusion(workdir: str, out: str, which: str = 'latest',
   plt.close(fig)
 
 
-RESULT_FIELDS = ('model', 'split', 'seed', 'final3')
+RESULT_FIELDS = ('model', 'track', 'split', 'seed', 'final3')
+# A run's track: 'distilled' (a student of distill.teacher, whose training is
+# extra compute, so never mixed with the rest) or 'standard'.
+TRACKS = ('standard', 'distilled')
 
 
 def seed_results(workdirs: list[str]) -> list[dict]:
-  """One row per run in `workdirs`: network, evaluation split, seed, final-3 average."""
+  """One row per run in `workdirs`: network, track, evaluation split, seed,
+  final-3 average."""
   rows = []
   for run in report.seed_dirs(workdirs):
     config = checkpoint.load_config(run)
     final3 = report.final_analysis(report.read_history(run), config.target_accuracy)
-    rows.append({'model': config.model, 'split': report.eval_split(config),
+    rows.append({'model': config.model,
+                 'track': 'distilled' if config.distill.alpha > 0 else 'standard',
+                 'split': report.eval_split(config),
                  'seed': int(config.seed),
                  # float32 accuracies: 4 decimals hold all there is (1/300 %).
                  'final3': round(final3['final3_average'], 4)})
   return rows
 
 
-def _run_key(row: dict) -> tuple[str, str, int]:
-  return row['model'], row['split'], row['seed']
+def _run_key(row: dict) -> tuple[str, str, str, int]:
+  return row['model'], row['track'], row['split'], row['seed']
 
 
 def merge_results(path: str, rows: list[dict]) -> list[dict]:
   """`rows` merged into the CSV file at `path` (a row of the same network, split
-  and seed replaced), written back when there are any, and the union returned.
-  The file keeps the per-seed figures after the run directories are gone."""
+  track and seed replaced), written back when there are any, and the union
+  returned. The file keeps the per-seed figures after the run directories are
+  gone; a file without a track column (written before distillation) is all
+  'standard'."""
   merged = {}
   if os.path.exists(path):
     with open(path, newline='') as f:
       for line, r in enumerate(csv.DictReader(f), start=2):
         try:
-          row = {'model': r['model'], 'split': r['split'], 'seed': int(r['seed']),
-                 'final3': float(r['final3'])}
+          row = {'model': r['model'], 'track': r.get('track') or 'standard',
+                 'split': r['split'], 'seed': int(r['seed']), 'final3': float(r['final3'])}
+          if row['track'] not in TRACKS:
+            raise ValueError(row['track'])
         except (KeyError, TypeError, ValueError):
           raise UserError(f'{path}, line {line}: not a row of {",".join(RESULT_FIELDS)}; '
                           'fix the line or give another --results file') from None
@@ -126,41 +136,50 @@ def merge_results(path: str, rows: list[dict]) -> list[dict]:
 
 
 def frontier(results: list[dict]) -> list[dict]:
-  """Per-seed results grouped by network and evaluation split, fewest parameters
-  first: each group's parameter count and the mean and std of its final-3 averages."""
-  groups: dict[tuple[str, str], list[float]] = {}
+  """Per-seed results grouped by network, track and evaluation split, fewest
+  parameters first: each group's parameter count and the mean and std of its
+  final-3 averages."""
+  groups: dict[tuple[str, str, str], list[float]] = {}
   for r in results:
-    groups.setdefault((r['model'], r['split']), []).append(r['final3'])
-  rows = [{'model': model, 'split': split,
+    groups.setdefault((r['model'], r['track'], r['split']), []).append(r['final3'])
+  rows = [{'model': model, 'track': track, 'split': split,
            'params': architectures.param_count(architectures.get_network(model)),
            'seeds': len(values), 'mean': float(np.mean(values)),
            'std': float(np.std(values, ddof=1)) if len(values) > 1 else 0.0}
-          for (model, split), values in groups.items()]
-  return sorted(rows, key=lambda r: (r['params'], r['split']))
+          for (model, track, split), values in groups.items()]
+  return sorted(rows, key=lambda r: (r['params'], r['track'] != 'standard', r['split']))
 
 
 def format_frontier(rows: list[dict]) -> str:
   """The frontier as a Markdown table."""
-  lines = ['| network | params | split | seeds | final-3 average, mean | std |',
-           '| --- | ---: | --- | ---: | ---: | ---: |']
-  lines += [f"| `{r['model']}` | {r['params']:,} | {r['split']} | {r['seeds']} | "
+  lines = ['| network | params | track | split | seeds | final-3 average, mean | std |',
+           '| --- | ---: | --- | --- | ---: | ---: | ---: |']
+  lines += [f"| `{r['model']}` | {r['params']:,} | {r['track']} | {r['split']} | {r['seeds']} | "
             f"{r['mean']:.3f}% | {r['std']:.3f} |" for r in rows]
   return '\n'.join(lines)
 
 
 def plot_frontier(rows: list[dict], out: str, target: float = 99.4) -> None:
-  """Parameters against mean final-3 accuracy (std bars), with the seeds' own
-  reported figures on the same axes."""
-  fig, ax = plt.subplots(figsize=(8, 5))
-  for split, marker in (('test', 'o'), ('validation', 's')):
-    group = [r for r in rows if r['split'] == split]
+  """Parameters against mean final-3 accuracy (std bars), one series per track
+  and split, with the seeds' own reported figures on the same axes."""
+  fig, ax = plt.subplots(figsize=(10, 6))
+  # Labels go left of test points and right of validation's, a distilled
+  # label above its point, and neighbouring validation labels alternate above
+  # and below, so that points at nearly the same size stay readable.
+  series = (('standard', 'test', 'o', '', (-10, -14)),
+            ('standard', 'validation', 's', '', (10, 2)),
+            ('distilled', 'test', 'D', ', distilled (teacher trained separately)', (-10, 6)),
+            ('distilled', 'validation', 'd', ', distilled (teacher trained separately)', (10, 6)))
+  for track, split, marker, what, (dx, dy) in series:
+    group = [r for r in rows if r['track'] == track and r['split'] == split]
     if group:
       ax.errorbar([r['params'] for r in group], [r['mean'] for r in group],
                   yerr=[r['std'] for r in group], fmt=marker, capsize=4,
-                  label=f'mnist_flax, {split} (mean ± std over seeds)')
-      for r in group:
+                  label=f'mnist_flax{what}, {split} (mean ± std over seeds)')
+      for i, r in enumerate(group):
         ax.annotate(f"{r['model']} ({r['seeds']})", (r['params'], r['mean']),
-                    textcoords='offset points', xytext=(-10, -14), fontsize=7, ha='right')
+                    textcoords='offset points', fontsize=7, ha='right' if dx < 0 else 'left',
+                    xytext=(dx, dy - (16 if split == 'validation' and i % 2 else 0)))
   ax.scatter([architectures.param_count(architectures.get_network(m))
               for m in SEEDS_REPORTED], list(SEEDS_REPORTED.values()),
              marker='x', color='gray', label="the seeds' reported runs (one each)")
@@ -170,7 +189,7 @@ def plot_frontier(rows: list[dict], out: str, target: float = 99.4) -> None:
   ax.set_xlabel('trainable parameters')
   ax.set_ylabel('final-3-epoch average accuracy (%)')
   ax.grid(alpha=0.3)
-  ax.legend(fontsize=8, loc='upper left')
+  ax.legend(fontsize=8, loc='lower right')
   fig.tight_layout()
   fig.savefig(out, dpi=120)
   plt.close(fig)
