@@ -107,7 +107,7 @@ def _run_key(row: dict) -> tuple[str, str, str, int]:
 
 
 def merge_results(path: str, rows: list[dict]) -> list[dict]:
-  """`rows` merged into the CSV file at `path` (a row of the same network, split
+  """`rows` merged into the CSV file at `path` (a row of the same network, split,
   track and seed replaced), written back when there are any, and the union
   returned. The file keeps the per-seed figures after the run directories are
   gone; a file without a track column (written before distillation) is all
