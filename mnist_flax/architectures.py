@@ -113,13 +113,17 @@ V36_CHANNELS = (8, 10, 12, 16, 16)
 
 
 def _v36(bias: bool, channels: tuple[int, ...] = V36_CHANNELS,
-         conv4_dilation: int = 1) -> Network:
+         conv4_dilation: int = 1, early_padding: int = 0) -> Network:
   # First seed, OptimizedNetV36: conv_final (1x1) comes before GAP.
   c1, c2, c3, c4, c5 = channels
   # conv4 sees a 5x5 map; padding d - 1 keeps its 3x3 output at any dilation d
   # (5 + 2(d - 1) - 2d = 3), so conv5 still ends at 1x1.
-  return (*block(1, c1, bias=bias), *block(2, c2, bias=bias), MaxPool(),
-          *block(3, c3, bias=bias), MaxPool(),
+  # early_padding=1 keeps conv1..conv3 at their input's size (28, 14), so conv4
+  # sees 7x7 and conv5 5x5, and GAP averages conv_final over a 3x3 map: the
+  # same weights applied at more positions.
+  p = early_padding
+  return (*block(1, c1, padding=p, bias=bias), *block(2, c2, padding=p, bias=bias),
+          MaxPool(), *block(3, c3, padding=p, bias=bias), MaxPool(),
           *block(4, c4, padding=conv4_dilation - 1, bias=bias,
                  dilation=conv4_dilation),
           *block(5, c5, bias=bias),
@@ -182,6 +186,10 @@ NETWORKS: dict[str, Network] = {
     'v36_dil4': _v36(bias=True, conv4_dilation=2),
     # Model 3's layout at V36's budget: 8 channels in the first block, 14 in conv4-5: 6,116.
     'model3_6k': _model_3((8, 8, 8, 14, 14, 8, 8, 8, 16)),
+    # The champion's and tiny's widths with conv1..conv3 padded (more positions,
+    # the same parameters): 7,682 and 3,856.
+    'v36pad': _v36(bias=True, channels=(8, 12, 14, 18, 16), early_padding=1),
+    'v36pad_tiny': _v36(bias=True, channels=(6, 8, 10, 12, 12), early_padding=1),
 }
 
 

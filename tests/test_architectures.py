@@ -20,7 +20,9 @@ CANDIDATE_COUNTS = {'v36sep': (7918, arch.PARAM_LIMIT),
                     'v36sep_m2': (7218, arch.PARAM_LIMIT),
                     'v36sep_tiny': (3884, arch.TINY_PARAM_LIMIT),
                     'v36_dil4': (6260, arch.PARAM_LIMIT),
-                    'model3_6k': (6116, arch.PARAM_LIMIT)}
+                    'model3_6k': (6116, arch.PARAM_LIMIT),
+                    'v36pad': (7682, arch.PARAM_LIMIT),
+                    'v36pad_tiny': (3856, arch.TINY_PARAM_LIMIT)}
 
 
 def test_every_network_has_a_count_here():

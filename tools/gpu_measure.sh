@@ -11,6 +11,7 @@
 #                                                       # 19's results and the CPU tiny screen's,
 #                                                       # unpacked)
 #   bash tools/gpu_measure.sh kd OUT MNIST_DIR          # issue 21's distillation track
+#   bash tools/gpu_measure.sh pad OUT MNIST_DIR PRIOR   # issue 21's padded layouts (PRIOR as for 21)
 #   bash tools/gpu_measure.sh '19 21' OUT MNIST_DIR     # several phases, in one call
 #   STEPS='k1 k8' bash tools/gpu_measure.sh ...         # only the steps named
 #   TINY=1 bash tools/gpu_measure.sh ...                # the same steps on CPU, tiny
@@ -27,6 +28,9 @@
 # (tools/screen_decide.py) on the test set, 10 seeds each: the champion's from
 # PRIOR's screen_champion and this screen, tiny's from the CPU screen in PRIOR
 # (docs/cpu_runs).
+# Phase pad: V36's layout with conv1..conv3 padded (v36pad, v36pad_tiny: the
+# incumbents' widths and parameters) on the validation split, 12 seeds each,
+# against PRIOR's incumbent arms; a challenger that wins goes to the test set.
 # Phase kd: a teacher (v36:16-24-32-48-48, 46,066 params) trained on the
 # validation split's 50,000 images; the champion distilled from it, a sweep of
 # distill.alpha 0, 0.5, 0.9 x 12 seeds on validation; the teacher on all 60,000;
@@ -117,7 +121,12 @@ confirm() {  # NAME CONFIG INCUMBENT_SCREEN SCREEN...: the rule's pick, on the t
   wanted "$name" || return 0
   python3 tools/screen_decide.py augment.cutout "$1" 0 "${@:2}" \
     > "$work/$name.decision.json" || return
-  read -r model cutout < <(tail -n 1 "$work/$name.decision.json")
+  read -r model cutout pick < <(tail -n 1 "$work/$name.decision.json")
+  if [[ -n "${NEW_ONLY:-}" && $pick == incumbent ]]; then
+    # The incumbent's 10-seed test run is already in docs/research.md.
+    echo "$name skipped (the incumbent stays)" >> "$work/logs/steps.txt"
+    return
+  fi
   train "$name" "$config" --config.model="$model" --config.augment.cutout="$cutout" \
     --config.num_seeds="$(seeds 10)"
 }
@@ -126,7 +135,7 @@ confirm_kd() {  # the distillation screen's alpha, on the test set
   wanted confirm_kd || return 0
   python3 tools/screen_decide.py distill.alpha "$work/runs/kd_screen" 0 \
     > "$work/confirm_kd.decision.json" || return
-  read -r _ alpha < <(tail -n 1 "$work/confirm_kd.decision.json")
+  read -r _ alpha _ < <(tail -n 1 "$work/confirm_kd.decision.json")
   train confirm_kd champion --config.num_seeds="$(seeds 10)" \
     --config.distill.teacher="$work/runs/kd_teacher" --config.distill.alpha="$alpha"
 }
@@ -151,6 +160,19 @@ if [[ " $phase " == *" 21 "* ]]; then
   confirm confirm_tiny tiny "$prior/runs/screen_tiny" "$prior/runs/screen_v36sep_tiny"
   python3 tools/run_summary.py "$work"/runs/confirm_* > "$work/confirm_runs.json" \
     2> "$work/logs/confirm_summary.log"
+fi
+if [[ " $phase " == *" pad "* ]]; then
+  # conv1..conv3 padded, at the champion's and tiny's widths and counts, against
+  # the incumbents' cutout-0 arms in PRIOR; a pick other than the incumbent goes
+  # to the test set (docs/research.md).
+  NEW_ONLY=1
+  train screen_v36pad champion --config.model=v36pad "${validation[@]}" \
+    --config.num_seeds="$(seeds 12)" --sweep=augment.cutout=0
+  confirm confirm_v36pad champion "$prior/runs/screen_champion" "$work/runs/screen_v36pad"
+  train screen_v36pad_tiny tiny --config.model=v36pad_tiny "${validation[@]}" \
+    --config.num_seeds="$(seeds 12)" --sweep=augment.cutout=0
+  confirm confirm_v36pad_tiny tiny "$prior/runs/screen_tiny" "$work/runs/screen_v36pad_tiny"
+  NEW_ONLY=
 fi
 if [[ " $phase " == *" kd "* ]]; then
   teacher=(--config.model=v36:16-24-32-48-48 --config.seed=100)

@@ -7,7 +7,8 @@ is one (model, value) pair and its seeds. The incumbent arm is INCUMBENT_WORKDIR
 model at KEY=VALUE. The arm with the highest mean final-3 wins if its mean
 beats the incumbent's by at least one standard error of the difference,
 sqrt(s_a^2 / n_a + s_i^2 / n_i); otherwise the incumbent stays. Prints every
-arm and the decision as JSON; the last line is 'MODEL VALUE' of the decision.
+arm and the decision as JSON; the last line is 'MODEL VALUE KIND' of the decision,
+KIND 'incumbent' or 'challenger'.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def main() -> None:
       'incumbent': incumbent, 'best': best, 'margin': margin,
       'difference': m_b - m_i, 'chosen': chosen}, indent=1))
   model, chosen_value = chosen
-  print(model, int(chosen_value) if chosen_value.is_integer() else chosen_value)
+  print(model, int(chosen_value) if chosen_value.is_integer() else chosen_value,
+        'incumbent' if chosen == incumbent else 'challenger')
 
 
 if __name__ == '__main__':
