@@ -164,8 +164,8 @@ def plot_frontier(rows: list[dict], out: str, target: float = 99.4) -> None:
   and split, with the seeds' own reported figures on the same axes."""
   fig, ax = plt.subplots(figsize=(10, 6))
   # Labels go left of test points and right of validation's, a distilled
-  # label above its point, and neighbouring validation labels alternate above
-  # and below, so that points at nearly the same size stay readable.
+  # label above its point; labels of one series within 400 parameters of each
+  # other stack downwards, so that networks of the same size stay readable.
   series = (('standard', 'test', 'o', '', (-10, -14)),
             ('standard', 'validation', 's', '', (10, 2)),
             ('distilled', 'test', 'D', ', distilled (teacher trained separately)', (-10, 6)),
@@ -176,10 +176,13 @@ def plot_frontier(rows: list[dict], out: str, target: float = 99.4) -> None:
       ax.errorbar([r['params'] for r in group], [r['mean'] for r in group],
                   yerr=[r['std'] for r in group], fmt=marker, capsize=4,
                   label=f'mnist_flax{what}, {split} (mean ± std over seeds)')
-      for i, r in enumerate(group):
+      placed: list[int] = []
+      for r in sorted(group, key=lambda r: (r['params'], -r['mean'])):
+        below = sum(abs(p - r['params']) < 400 for p in placed)
+        placed.append(r['params'])
         ax.annotate(f"{r['model']} ({r['seeds']})", (r['params'], r['mean']),
                     textcoords='offset points', fontsize=7, ha='right' if dx < 0 else 'left',
-                    xytext=(dx, dy - (16 if split == 'validation' and i % 2 else 0)))
+                    xytext=(dx, dy - 11 * below))
   ax.scatter([architectures.param_count(architectures.get_network(m))
               for m in SEEDS_REPORTED], list(SEEDS_REPORTED.values()),
              marker='x', color='gray', label="the seeds' reported runs (one each)")
