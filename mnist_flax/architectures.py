@@ -11,12 +11,13 @@ import dataclasses
 import re
 from typing import Iterator, Union
 
-from mnist_flax.errors import unknown
+from mnist_flax.errors import ConfigError, unknown
 
 
 @dataclasses.dataclass(frozen=True)
 class Conv:
-  """A square 2-D convolution, stride 1 (as every conv in the seeds)."""
+  """A square 2-D convolution, stride 1 in every network of NETWORKS; `stride`
+  and `group_count` (PyTorch's `groups`) for imported ones (torch_import.py)."""
 
   name: str
   features: int
@@ -24,14 +25,16 @@ class Conv:
   padding: int = 0
   bias: bool = False
   dilation: int = 1
+  stride: int = 1
+  group_count: int = 1
 
   def out_channels(self, in_channels: int) -> int:
     """`features`, whatever comes in."""
     return self.features
 
   def groups(self, in_channels: int) -> int:
-    """PyTorch's `groups` (Flax's feature_group_count): 1, a dense conv."""
-    return 1
+    """PyTorch's `groups` (Flax's feature_group_count): 1 for a dense conv."""
+    return self.group_count
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +48,7 @@ class DepthwiseConv:
   multiplier: int = 1
   bias: bool = False
   dilation: int = 1
+  stride: int = 1
 
   def out_channels(self, in_channels: int) -> int:
     """`multiplier` channels per input channel."""
@@ -57,7 +61,13 @@ class DepthwiseConv:
 
 @dataclasses.dataclass(frozen=True)
 class BatchNorm:
+  """PyTorch's BatchNorm2d: `momentum` None takes the run's config.bn_momentum;
+  affine=False has no scale or bias (only the running statistics)."""
+
   name: str
+  eps: float = 1e-5
+  momentum: float | None = None
+  affine: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,10 +85,30 @@ class GlobalAvgPool:
   pass
 
 
-Layer = Union[Conv, DepthwiseConv, BatchNorm, ReLU, MaxPool, GlobalAvgPool]
+@dataclasses.dataclass(frozen=True)
+class Dropout:
+  """Zeroes each activation with probability `rate` in training, scaling the
+  rest by 1 / (1 - rate), as PyTorch's nn.Dropout; the identity in evaluation."""
+
+  rate: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Linear:
+  """A fully connected layer on a 1x1 map: PyTorch's nn.Linear after the map is
+  flattened to (N, C); its weight is (features, C) where a 1x1 conv's is
+  (features, C, 1, 1)."""
+
+  name: str
+  features: int
+  bias: bool = True
+
+
+Layer = Union[Conv, DepthwiseConv, BatchNorm, ReLU, MaxPool, GlobalAvgPool,
+              Dropout, Linear]
 Network = tuple[Layer, ...]
-# The layers with weights of shape (out, in / groups, k, k); the others' only
-# parameters are BatchNorm's.
+# The layers with weights of shape (out, in / groups, k, k); the others with
+# parameters are BatchNorm and Linear.
 CONVS = (Conv, DepthwiseConv)
 
 
@@ -193,15 +223,28 @@ NETWORKS: dict[str, Network] = {
 }
 
 
-def get_network(name: str) -> Network:
-  """The named network, or V36's layout with other widths for a name such as
-  'v36:8-12-14-18-16' (conv1..conv5's channels); a ConfigError otherwise."""
+TORCH_PREFIX = 'torch:'  # 'torch:PATH.py:CLASS', a user's nn.Module (torch_import.py)
+
+
+def get_network(name: str, model_kwargs: str = '') -> Network:
+  """The named network, V36's layout with other widths for a name such as
+  'v36:8-12-14-18-16' (conv1..conv5's channels), or a user's PyTorch class for
+  'torch:PATH.py:CLASS', built with `model_kwargs` (a JSON object,
+  config.model_kwargs) and translated; a ConfigError otherwise."""
+  if name.startswith(TORCH_PREFIX):
+    # Imported on use: PyTorch is an optional extra.
+    from mnist_flax import torch_import  # pylint: disable=g-import-not-at-top
+    return torch_import.import_network(name, model_kwargs).network
+  if model_kwargs:
+    raise ConfigError(f'model_kwargs is for torch:PATH.py:CLASS models, not {name!r}; '
+                      "set --config.model_kwargs=''")
   if name in NETWORKS:
     return NETWORKS[name]
   family, _, widths = name.partition(':')
   if family == 'v36' and re.fullmatch(r'[1-9]\d*(-[1-9]\d*){4}', widths):
     return _v36(bias=True, channels=tuple(int(w) for w in widths.split('-')))
-  raise unknown('model', name, [*NETWORKS, 'v36:C1-C2-C3-C4-C5'])
+  raise unknown('model', name, [*NETWORKS, 'v36:C1-C2-C3-C4-C5',
+                                'torch:PATH.py:CLASS'])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -237,13 +280,19 @@ def walk(network: Network,
     out = shape
     if isinstance(layer, CONVS):
       k = span(layer)  # a dilated kernel's receptive field and shape
+      s = layer.stride
       c_out = layer.out_channels(c)
       params = (layer.kernel ** 2 * c // layer.groups(c) * c_out
                 + (c_out if layer.bias else 0))
-      size = lambda n: n + 2 * layer.padding - k + 1
+      size = lambda n: (n + 2 * layer.padding - k) // s + 1  # PyTorch's floor
       out = (size(h), size(w), c_out)
     elif isinstance(layer, BatchNorm):
-      params = 2 * c
+      params = 2 * c if layer.affine else 0
+    elif isinstance(layer, Linear):
+      if (h, w) != (1, 1):
+        raise ValueError(f'{layer} needs a 1x1 map, not {h}x{w}')
+      params = c * layer.features + (layer.features if layer.bias else 0)
+      out = (1, 1, layer.features)
     elif isinstance(layer, MaxPool):
       k = s = layer.window
       out = (h // s, w // s, c)

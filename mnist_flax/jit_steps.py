@@ -45,24 +45,27 @@ class TrainState:
 
 
 def create_train_state(model: models.Net, tx: optax.GradientTransformation,
-                       key: jax.Array, ema: bool = False) -> TrainState:
-  """The state at step 0, with parameters drawn from `key`; `ema`: keep
-  moving averages of the variables, starting from them."""
+                       key: jax.Array, ema: bool = False,
+                       variables: dict[str, Any] | None = None) -> TrainState:
+  """The state at step 0, with parameters drawn from `key`, or `variables`
+  ({'params', 'batch_stats'}, e.g. a torch: model's own initialisation) when
+  given; `ema`: keep moving averages of the variables, starting from them."""
 
   # Jitted: run eagerly, Flax's init compiles ~100 one-op programs (5-7 s on CPU).
   @jax.jit
-  def create(key):
+  def create(key, given):
     init_key, rng = jax.random.split(key)
     # Flax draws float32; inside jax.enable_x64() the state starts in float64,
     # as the first step would leave it, so that step's program is not compiled twice.
     variables = jax.tree.map(lambda v: v.astype(_float()),
-                             models.init_variables(model, init_key))
+                             models.init_variables(model, init_key)
+                             if given is None else given)
     return TrainState(step=jnp.zeros((), jnp.int32), params=variables['params'],
                       batch_stats=variables['batch_stats'],
                       opt_state=tx.init(variables['params']), rng=rng,
                       ema=variables if ema else None)
 
-  return create(key)
+  return create(key, variables)
 
 
 def keeps_ema(config: ml_collections.ConfigDict) -> bool:
@@ -81,6 +84,11 @@ def epoch_permutation(rng: jax.Array, epoch: jax.Array, num: int) -> jax.Array:
 
 def _augment_key(state: TrainState) -> jax.Array:
   return jax.random.fold_in(jax.random.fold_in(state.rng, 1), state.step)
+
+
+def _dropout_key(state: TrainState) -> jax.Array:
+  """The step's dropout masks' key, a stream of its own beside augmentation's."""
+  return jax.random.fold_in(jax.random.fold_in(state.rng, 2), state.step)
 
 
 def _float() -> jnp.dtype:
@@ -180,10 +188,13 @@ def train_step(state: TrainState, metrics: Metrics, images: jax.Array,
     teacher_logits = jax.lax.stop_gradient(
         teacher.apply(teacher_variables, x, train=False))
 
+  # Only networks with dropout take the key: the others' programs stay as they were.
+  rngs = {'dropout': _dropout_key(state)} if models.has_dropout(model) else {}
+
   def loss_fn(params):
     logits, updates = model.apply(
         {'params': params, 'batch_stats': state.batch_stats}, x, train=True,
-        mutable=['batch_stats'])
+        mutable=['batch_stats'], rngs=rngs)
     loss = cross_entropy(logits, y, config.label_smoothing)
     if teacher is not None:
       alpha = config.distill.alpha

@@ -52,12 +52,16 @@ class BatchNorm(nn.Module):
 
   momentum: float = 0.1
   epsilon: float = 1e-5
+  affine: bool = True  # False: no scale and bias, as BatchNorm2d(affine=False)
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     features = x.shape[-1]
-    scale = self.param('scale', nn.initializers.ones, (features,))
-    bias = self.param('bias', nn.initializers.zeros, (features,))
+    if self.affine:
+      scale = self.param('scale', nn.initializers.ones, (features,))
+      bias = self.param('bias', nn.initializers.zeros, (features,))
+    else:
+      scale, bias = 1.0, 0.0
     ra_mean = self.variable('batch_stats', 'mean', jnp.zeros, (features,))
     ra_var = self.variable('batch_stats', 'var', jnp.ones, (features,))
     if train:
@@ -114,6 +118,7 @@ class Net(nn.Module):
           bias_init = nn.initializers.zeros
         pad = layer.padding
         x = nn.Conv(layer.out_channels(c_in), (layer.kernel, layer.kernel),
+                    strides=layer.stride,
                     padding=((pad, pad), (pad, pad)), use_bias=layer.bias,
                     kernel_dilation=layer.dilation, feature_group_count=groups,
                     kernel_init=kernel_init, bias_init=bias_init,
@@ -121,7 +126,23 @@ class Net(nn.Module):
                     precision=('highest' if self.precision == 'float32' else None),
                     name=layer.name)(x)
       elif isinstance(layer, arch.BatchNorm):
-        x = BatchNorm(self.bn_momentum, name=layer.name)(x.astype(wide), train)
+        momentum = self.bn_momentum if layer.momentum is None else layer.momentum
+        x = BatchNorm(momentum, layer.eps, layer.affine, name=layer.name)(
+            x.astype(wide), train)
+      elif isinstance(layer, arch.Linear):
+        # The 1x1 map stays 4-D: a Dense on its channel axis.
+        c_in = x.shape[-1]
+        if self.init_scheme == 'torch':
+          kernel_init, bias_init = torch_conv_init(c_in)  # nn.Linear's bounds too
+        else:
+          kernel_init, bias_init = nn.linear.default_kernel_init, nn.initializers.zeros
+        x = nn.Dense(layer.features, use_bias=layer.bias, kernel_init=kernel_init,
+                     bias_init=bias_init, dtype=jnp.bfloat16 if bf16 else None,
+                     precision=('highest' if self.precision == 'float32' else None),
+                     name=layer.name)(x)
+      elif isinstance(layer, arch.Dropout):
+        # Needs a 'dropout' rng in training (jit_steps.train_step passes one).
+        x = nn.Dropout(layer.rate, deterministic=not train)(x)
       elif isinstance(layer, arch.ReLU):
         x = nn.relu(x)
       elif isinstance(layer, arch.MaxPool):
@@ -134,10 +155,11 @@ class Net(nn.Module):
 
 
 def create_model(name: str, init: str = 'torch', precision: str = 'default',
-                 bn_momentum: float = 0.1) -> Net:
+                 bn_momentum: float = 0.1, model_kwargs: str = '') -> Net:
   """The named network with 'torch' (PyTorch default) or 'flax' initialisation,
   computing at one of PRECISIONS, its BatchNorms' running averages updated
-  with `bn_momentum` (config.bn_momentum)."""
+  with `bn_momentum` (config.bn_momentum) unless the spec sets theirs;
+  `model_kwargs`: a torch: model's constructor arguments (config.model_kwargs)."""
   if init not in INITS:
     raise unknown('init', init, INITS)
   if precision not in PRECISIONS:
@@ -145,7 +167,13 @@ def create_model(name: str, init: str = 'torch', precision: str = 'default',
   if not 0 < bn_momentum <= 1:
     raise ConfigError(f'bn_momentum must be in (0, 1], not {bn_momentum}: the weight '
                       "of each batch in BatchNorm's running statistics, as PyTorch's")
-  return Net(arch.get_network(name), init, precision, bn_momentum)
+  return Net(arch.get_network(name, model_kwargs), init, precision, bn_momentum)
+
+
+def has_dropout(model: Net) -> bool:
+  """Whether training `model` needs a 'dropout' rng."""
+  return any(isinstance(layer, arch.Dropout) and layer.rate > 0
+             for layer in model.network)
 
 
 def init_variables(model: Net, key: jax.Array) -> dict[str, Any]:

@@ -34,13 +34,26 @@ def require_torch():
   return torch
 
 
-def torch_model(name: str, bn_momentum: float = 0.1):
+def _set_submodule(root, path: str, module) -> None:
+  """root.<path> = module, creating the containers of a dotted path (an imported
+  network's 'features.0'), so the twin's state_dict keys are the original's."""
+  *parents, last = path.split('.')
+  for part in parents:
+    if not hasattr(root, part):
+      root.add_module(part, require_torch().nn.Module())
+    root = getattr(root, part)
+  root.add_module(last, module)
+
+
+def torch_model(name: str, bn_momentum: float = 0.1, model_kwargs: str = ''):
   """The named network as a `torch.nn.Module`, with the seeds' module names
-  (conv1, bn1, ..., conv_final) and their forward (log-probabilities out);
-  `bn_momentum`: its BatchNorm2d's momentum (config.bn_momentum)."""
+  (conv1, bn1, ..., conv_final; an imported network's own module paths) and
+  their forward (log-probabilities out); `bn_momentum`: its BatchNorm2d's
+  momentum (config.bn_momentum) where the spec sets none; `model_kwargs`: a
+  torch: model's constructor arguments (config.model_kwargs)."""
   torch = require_torch()
   nn, F = torch.nn, torch.nn.functional
-  network = arch.get_network(name)
+  network = arch.get_network(name, model_kwargs)
 
   class Net(nn.Module):
     def __init__(self):
@@ -49,28 +62,41 @@ def torch_model(name: str, bn_momentum: float = 0.1):
       for layer in network:
         if isinstance(layer, arch.CONVS):
           out = layer.out_channels(channels)
-          setattr(self, layer.name, nn.Conv2d(
-              channels, out, layer.kernel, padding=layer.padding,
+          _set_submodule(self, layer.name, nn.Conv2d(
+              channels, out, layer.kernel, stride=layer.stride, padding=layer.padding,
               dilation=layer.dilation, groups=layer.groups(channels),
               bias=layer.bias))
           channels = out
         elif isinstance(layer, arch.BatchNorm):
-          setattr(self, layer.name, nn.BatchNorm2d(channels, momentum=bn_momentum))
+          momentum = bn_momentum if layer.momentum is None else layer.momentum
+          _set_submodule(self, layer.name, nn.BatchNorm2d(
+              channels, eps=layer.eps, momentum=momentum, affine=layer.affine))
+        elif isinstance(layer, arch.Linear):
+          _set_submodule(self, layer.name,
+                         nn.Linear(channels, layer.features, bias=layer.bias))
+          channels = layer.features
 
     def forward(self, x):
       for layer in network:
         if isinstance(layer, (*arch.CONVS, arch.BatchNorm)):
-          x = getattr(self, layer.name)(x)
+          x = self.get_submodule(layer.name)(x)
+        elif isinstance(layer, arch.Linear):
+          x = self.get_submodule(layer.name)(x.flatten(1))[:, :, None, None]
         elif isinstance(layer, arch.ReLU):
           x = F.relu(x)
         elif isinstance(layer, arch.MaxPool):
           x = F.max_pool2d(x, layer.window)
         elif isinstance(layer, arch.GlobalAvgPool):
           x = F.adaptive_avg_pool2d(x, 1)
+        elif isinstance(layer, arch.Dropout):
+          x = F.dropout(x, layer.rate, self.training)
       return F.log_softmax(x.view(x.shape[0], -1), dim=-1)
 
   Net.__name__ = Net.__qualname__ = f'{name}_torch'
   return Net()
+
+
+_BN_STATS = ('running_mean', 'running_var')
 
 
 def _expected_keys(network: arch.Network) -> dict[str, tuple[int, ...] | None]:
@@ -84,9 +110,13 @@ def _expected_keys(network: arch.Network) -> dict[str, tuple[int, ...] | None]:
                                       layer.kernel, layer.kernel)
       if layer.bias:
         keys[f'{layer.name}.bias'] = (c_out,)
+    elif isinstance(layer, arch.Linear):
+      keys[f'{layer.name}.weight'] = (layer.features, info.in_shape[2])
+      if layer.bias:
+        keys[f'{layer.name}.bias'] = (layer.features,)
     elif isinstance(layer, arch.BatchNorm):
       c = info.in_shape[2]
-      for k in ('weight', 'bias', 'running_mean', 'running_var'):
+      for k in (('weight', 'bias') if layer.affine else ()) + _BN_STATS:
         keys[f'{layer.name}.{k}'] = (c,)
       keys[f'{layer.name}.num_batches_tracked'] = None
   return keys
@@ -98,10 +128,11 @@ def _few(keys: list[Any], n: int = 3) -> str:
   return ', '.join(repr(k) for k in keys[:n]) + more
 
 
-def check_state_dict(name: str, state_dict: dict[str, Any]) -> None:
+def check_state_dict(name: str, state_dict: dict[str, Any],
+                     model_kwargs: str = '') -> None:
   """Raises StateDictError naming the missing and extra keys, or the first
   misshapen one."""
-  expected = _expected_keys(arch.get_network(name))
+  expected = _expected_keys(arch.get_network(name, model_kwargs))
   missing = [k for k in expected if k not in state_dict]
   unexpected = [k for k in state_dict if k not in expected]
   if missing or unexpected:
@@ -118,24 +149,28 @@ def check_state_dict(name: str, state_dict: dict[str, Any]) -> None:
                            f'{name} needs {want}: is --model right?')
 
 
-def from_state_dict(name: str, state_dict: dict[str, Any]) -> tuple[dict, int]:
+def from_state_dict(name: str, state_dict: dict[str, Any],
+                    model_kwargs: str = '') -> tuple[dict, int]:
   """({'params', 'batch_stats'} as numpy, num_batches_tracked) from a state_dict."""
-  check_state_dict(name, state_dict)
+  check_state_dict(name, state_dict, model_kwargs)
   # Copies: a CPU tensor's .numpy() shares its memory, and a training-mode
   # forward would then update the converted running statistics in place.
   sd = {k: np.array(v.detach().cpu().numpy() if hasattr(v, 'detach') else v)
         for k, v in state_dict.items()}
   params, stats, tracked = {}, {}, set()
-  for layer in arch.get_network(name):
-    if isinstance(layer, arch.CONVS):
-      # OIHW -> HWIO; grouped convs too: both order outputs group by group.
-      p = {'kernel': sd[f'{layer.name}.weight'].transpose(2, 3, 1, 0)}
+  for layer in arch.get_network(name, model_kwargs):
+    if isinstance(layer, (*arch.CONVS, arch.Linear)):
+      # OIHW -> HWIO (grouped convs too: both order outputs group by group);
+      # a Linear's (out, in) -> (in, out).
+      p = {'kernel': sd[f'{layer.name}.weight'].T if isinstance(layer, arch.Linear)
+                     else sd[f'{layer.name}.weight'].transpose(2, 3, 1, 0)}
       if layer.bias:
         p['bias'] = sd[f'{layer.name}.bias']
       params[layer.name] = p
     elif isinstance(layer, arch.BatchNorm):
-      params[layer.name] = {'scale': sd[f'{layer.name}.weight'],
-                            'bias': sd[f'{layer.name}.bias']}
+      if layer.affine:
+        params[layer.name] = {'scale': sd[f'{layer.name}.weight'],
+                              'bias': sd[f'{layer.name}.bias']}
       stats[layer.name] = {'mean': sd[f'{layer.name}.running_mean'],
                            'var': sd[f'{layer.name}.running_var']}
       tracked.add(int(sd[f'{layer.name}.num_batches_tracked']))
@@ -145,20 +180,24 @@ def from_state_dict(name: str, state_dict: dict[str, Any]) -> tuple[dict, int]:
   return {'params': params, 'batch_stats': stats}, tracked.pop() if tracked else 0
 
 
-def to_state_dict(name: str, variables: dict, num_batches_tracked: int) -> dict:
+def to_state_dict(name: str, variables: dict, num_batches_tracked: int,
+                  model_kwargs: str = '') -> dict:
   """A PyTorch state_dict (torch tensors) from Flax variables."""
   torch = require_torch()
   t = lambda a: torch.from_numpy(np.array(a, copy=True))
   params, stats = variables['params'], variables['batch_stats']
   sd = {}
-  for layer in arch.get_network(name):
-    if isinstance(layer, arch.CONVS):
-      sd[f'{layer.name}.weight'] = t(np.asarray(params[layer.name]['kernel']).transpose(3, 2, 0, 1))
+  for layer in arch.get_network(name, model_kwargs):
+    if isinstance(layer, (*arch.CONVS, arch.Linear)):
+      kernel = np.asarray(params[layer.name]['kernel'])
+      sd[f'{layer.name}.weight'] = t(kernel.T if isinstance(layer, arch.Linear)
+                                     else kernel.transpose(3, 2, 0, 1))
       if layer.bias:
         sd[f'{layer.name}.bias'] = t(params[layer.name]['bias'])
     elif isinstance(layer, arch.BatchNorm):
-      sd[f'{layer.name}.weight'] = t(params[layer.name]['scale'])
-      sd[f'{layer.name}.bias'] = t(params[layer.name]['bias'])
+      if layer.affine:
+        sd[f'{layer.name}.weight'] = t(params[layer.name]['scale'])
+        sd[f'{layer.name}.bias'] = t(params[layer.name]['bias'])
       sd[f'{layer.name}.running_mean'] = t(stats[layer.name]['mean'])
       sd[f'{layer.name}.running_var'] = t(stats[layer.name]['var'])
       sd[f'{layer.name}.num_batches_tracked'] = torch.tensor(num_batches_tracked)
