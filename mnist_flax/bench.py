@@ -27,8 +27,8 @@ import jax
 import ml_collections
 import numpy as np
 
-from mnist_flax import (cli, compare, data, epoch_loop, jit_steps, models, optim, parallel,
-                        torch_interop, torch_recipe)
+from mnist_flax import (architectures, cli, compare, data, epoch_loop, jit_steps, models,
+                        optim, parallel, torch_import, torch_interop, torch_recipe)
 from mnist_flax.errors import UserError
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,8 +40,16 @@ def config_names() -> list[str]:
   return sorted(name[:-3] for name in os.listdir(_CONFIGS) if name.endswith('.py'))
 
 
-def load_config(model: str) -> ml_collections.ConfigDict:
-  """configs/MODEL.py's recipe (batch size, optimiser, augmentation)."""
+def load_config(model: str, model_kwargs: str = '') -> ml_collections.ConfigDict:
+  """configs/MODEL.py's recipe (batch size, optimiser, augmentation); for a
+  torch:PATH.py:CLASS model (built with `model_kwargs`), configs/v36.py's."""
+  if model.startswith(architectures.TORCH_PREFIX):
+    config = load_config('v36')
+    path, class_name = torch_import.parse_name(model)
+    # Absolute: the memory children run in the repository's root.
+    config.model = f'{architectures.TORCH_PREFIX}{os.path.abspath(path)}:{class_name}'
+    config.model_kwargs = model_kwargs
+    return config
   names = config_names()
   if model not in names:
     raise UserError(f'no config for model {model!r}; choose from {", ".join(names)}')
@@ -78,7 +86,8 @@ class Ours:
 
   def __init__(self, config, images: np.ndarray, labels: np.ndarray):
     self.config = config
-    model = models.create_model(config.model, bn_momentum=config.bn_momentum)
+    model = models.create_model(config.model, bn_momentum=config.bn_momentum,
+                                model_kwargs=config.model_kwargs)
     self.batches = epoch_loop.batch_starts(len(images), config.batch_size)
     self.optimizer = optim.create_optimizer(config, len(self.batches))
     self.mesh = parallel.create_mesh()
@@ -142,7 +151,8 @@ class Torch:
     torch.set_num_threads(threads())
     torch.manual_seed(0)
     self.config = config
-    self.net = torch_interop.torch_model(config.model, config.bn_momentum)
+    self.net = torch_interop.torch_model(config.model, config.bn_momentum,
+                                         config.model_kwargs)
     steps_per_epoch = len(epoch_loop.batch_starts(num_examples, config.batch_size))
     self.optimizer, self.scheduler = torch_recipe.create_optimizer(
         config, self.net.parameters(), steps_per_epoch)
@@ -199,7 +209,7 @@ class Torch:
     return _rate(run, repeats, len(images))
 
 
-def peak_memory_mb(model: str) -> dict[str, float]:
+def peak_memory_mb(model: str, model_kwargs: str = '') -> dict[str, float]:
   """Per framework, how far a fresh process's peak resident memory rises above
   its size after the imports while it trains `model` for 20 steps.
 
@@ -208,7 +218,7 @@ def peak_memory_mb(model: str) -> dict[str, float]:
   """
   children = {fw: subprocess.Popen(
       [sys.executable, '-m', 'mnist_flax.bench', f'--memory_child={fw}',
-       f'--models={model}'], cwd=_ROOT, stdout=subprocess.PIPE,
+       f'--models={model}', f'--model_kwargs={model_kwargs}'], cwd=_ROOT, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for fw in ('jax', 'torch')}
   peaks = {}
   for fw, child in children.items():
@@ -219,8 +229,8 @@ def peak_memory_mb(model: str) -> dict[str, float]:
   return peaks
 
 
-def _memory_child(framework: str, model: str) -> None:
-  config = load_config(model)
+def _memory_child(framework: str, model: str, model_kwargs: str) -> None:
+  config = load_config(model, model_kwargs)
   # Both hold the uint8 training set, as both pipelines do.
   images = np.random.default_rng(0).integers(0, 256, (60000, 28, 28), np.uint8)
   before = _memory_kb('VmRSS')
@@ -238,9 +248,9 @@ def _memory_kb(field: str) -> int:
 
 def bench_model(model: str, ds: data.Dataset, repeats: int, steps: int,
                 workers: int, torch_compile: bool = True,
-                log=print) -> dict[str, Any]:
+                log=print, model_kwargs: str = '') -> dict[str, Any]:
   """Every measurement for one model; ours and PyTorch's alternate."""
-  config = load_config(model)
+  config = load_config(model, model_kwargs)
   rows: dict[str, Any] = {'model': model, 'batch_size': config.batch_size}
   ours = Ours(config, ds.train_images, ds.train_labels)
   eager = Torch(config, len(ds.train_images))
@@ -271,7 +281,7 @@ def bench_model(model: str, ds: data.Dataset, repeats: int, steps: int,
   rows['eval_images_per_s'] = {
       'jax': ours.eval_rate(ds.test_images, ds.test_labels, 1),
       'torch': eager.eval_rate(ds.test_images, 1)}
-  rows['peak_memory_mb'] = peak_memory_mb(model)
+  rows['peak_memory_mb'] = peak_memory_mb(config.model, model_kwargs)
   return rows
 
 
@@ -310,7 +320,10 @@ def format_table(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
 
 
 def _define_flags() -> None:
-  flags.DEFINE_list('models', ['v36', 'model3'], 'Models to measure.')
+  flags.DEFINE_list('models', ['v36', 'model3'], 'Models to measure: configs/NAME.py, '
+                    "or torch:PATH.py:CLASS with configs/v36.py's recipe.")
+  flags.DEFINE_string('model_kwargs', '', "The torch: models' constructor arguments "
+                      '(a JSON object).')
   flags.DEFINE_string('json', None, 'Also write the results to this JSON file.')
   flags.DEFINE_string('data_dir', os.environ.get('MNIST_DIR', ''),
                       'MNIST IDX folder ($MNIST_DIR); empty: TFDS.')
@@ -328,16 +341,16 @@ def main(argv):
   parallel.use_cpu_devices(f.cpu_devices)
   try:
     if f.memory_child:
-      _memory_child(f.memory_child, f.models[0])
+      _memory_child(f.memory_child, f.models[0], f.model_kwargs)
       return
     info = machine()
-    config = load_config(f.models[0])
+    config = load_config(f.models[0], f.model_kwargs)
     config.data_dir = f.data_dir
     ds = data.load_for(config)
     results = []
     for model in f.models:
       results.append(bench_model(model, ds, f.repeats, f.steps, f.workers,
-                                 f.torch_compile))
+                                 f.torch_compile, model_kwargs=f.model_kwargs))
   except UserError as e:
     sys.exit(f'error: {e}')
   print(format_table(results, info))

@@ -210,7 +210,7 @@ def load_checkpoint(workdir: str, which: str = 'latest'
   """A trained workdir's config, model and checkpoint ('latest', 'best', STEP)."""
   config = load_config(workdir)
   model = models.create_model(config.model, config.init, config.precision,
-                             config.bn_momentum)
+                             config.bn_momentum, config.model_kwargs)
   # A template with the saved structure; the schedule's length is irrelevant.
   tx = optim.create_optimizer(config, steps_per_epoch=1).tx
   # Shapes and dtypes only: traced, not compiled (seconds on CPU). Restored

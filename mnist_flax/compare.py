@@ -3,7 +3,9 @@
 python -m mnist_flax.compare --config=configs/v36.py --seeds=3 [--config.data_dir=DIR]
 python -m mnist_flax.compare --config=configs/v36.py --identical_start [--steps=200]
 
-The PyTorch side uses `torch_interop.torch_model` (the same network spec), the
+The PyTorch side uses `torch_interop.torch_model` (the same network spec; for a
+torch:PATH.py:CLASS model, the spec imported from the user's class and started
+from that class's own initialisation, as the JAX side is), the
 same data arrays, and `torch_recipe`: the optimiser and scheduler PyTorch code
 would use (torch.optim, OneCycleLR, StepLR) and augmentation drawn from the
 same distributions (rotation, integer shift, black fill), warped with
@@ -61,11 +63,10 @@ def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
   """
   torch = torch_interop.require_torch()
   F = torch.nn.functional
-  torch.manual_seed(config.seed)
+  net = torch_interop.seeded_torch_model(config)
   generator = torch.Generator().manual_seed(config.seed)
   layout = torch.channels_last if channels_last else torch.contiguous_format
-  net = torch_interop.torch_model(config.model, config.bn_momentum).to(
-      device, memory_format=layout)
+  net = net.to(device, memory_format=layout)
   trained = torch.compile(net, mode=compile_mode) if compile_mode else net
   batches = epoch_loop.batch_starts(len(ds.train_images), config.batch_size)
   optimizer, scheduler = torch_recipe.create_optimizer(config, net.parameters(),
@@ -116,9 +117,8 @@ def _identical_inputs(config: ml_collections.ConfigDict, ds: data.Dataset, steps
   return config, all_batches[:steps], len(all_batches), perm
 
 
-def _seeded_torch_net(torch, config: ml_collections.ConfigDict, float64: bool):
-  torch.manual_seed(config.seed)
-  net = torch_interop.torch_model(config.model, config.bn_momentum)
+def _seeded_torch_net(config: ml_collections.ConfigDict, float64: bool):
+  net = torch_interop.seeded_torch_model(config)
   return net.double() if float64 else net
 
 
@@ -130,7 +130,8 @@ def _torch_losses(torch, net, config, ds, batches, steps_per_epoch, perm) -> np.
   for start, size in batches:
     idx = perm[start:start + size]
     x = (torch_inputs(torch, ds.train_images[idx]) - config.mean) / config.std
-    loss = _torch_step(torch, net, optimizer, scheduler, x.to(net.conv1.weight.dtype),
+    loss = _torch_step(torch, net, optimizer, scheduler,
+                       x.to(next(net.parameters()).dtype),
                        torch.from_numpy(ds.train_labels[idx]).long(),
                        config.label_smoothing)
     losses.append(loss.item())
@@ -149,10 +150,12 @@ def identical_start(config: ml_collections.ConfigDict, ds: data.Dataset,
   """
   torch = torch_interop.require_torch()
   config, batches, steps_per_epoch, perm = _identical_inputs(config, ds, steps)
-  net = _seeded_torch_net(torch, config, float64)
-  variables, _ = torch_interop.from_state_dict(config.model, net.state_dict())
+  net = _seeded_torch_net(config, float64)
+  variables, _ = torch_interop.from_state_dict(config.model, net.state_dict(),
+                                               config.model_kwargs)
   with jax.enable_x64(float64):
-    model = models.create_model(config.model, bn_momentum=config.bn_momentum)
+    model = models.create_model(config.model, bn_momentum=config.bn_momentum,
+                                model_kwargs=config.model_kwargs)
     tx = optim.create_optimizer(config, steps_per_epoch).tx
     params = jax.tree.map(jnp.asarray, variables['params'])
     state = jit_steps.create_train_state(model, tx, jax.random.key(config.seed)).replace(
@@ -182,7 +185,7 @@ def torch_on_threads(config: ml_collections.ConfigDict, ds: data.Dataset,
   before = torch.get_num_threads()
   torch.set_num_threads(threads)
   try:
-    return _torch_losses(torch, _seeded_torch_net(torch, config, False), config, ds,
+    return _torch_losses(torch, _seeded_torch_net(config, False), config, ds,
                          batches, steps_per_epoch, perm)
   finally:
     torch.set_num_threads(before)

@@ -6,7 +6,11 @@ import ml_collections
 def base_config() -> ml_collections.ConfigDict:
   """The full set of keys; a key not defined here is an error on the CLI."""
   c = ml_collections.ConfigDict()
-  c.model = 'v36'           # a name in architectures.NETWORKS, or 'v36:C1-C2-C3-C4-C5'
+  c.model = 'v36'           # a name in architectures.NETWORKS, 'v36:C1-C2-C3-C4-C5',
+                            # or 'torch:PATH.py:CLASS': a PyTorch class from a
+                            # file (which runs that file's code; docs/interop.md)
+  c.model_kwargs = ''       # torch: models only: CLASS's constructor arguments as
+                            # a JSON object, e.g. '{"width": 8}'; '' = none
   c.init = 'torch'          # 'torch': PyTorch's default init; 'flax': Flax's
   c.precision = 'default'   # 'default' (TF32 convolutions on recent GPUs),
                             # 'float32' (full) or 'bfloat16' (models.PRECISIONS)

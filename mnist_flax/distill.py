@@ -80,7 +80,8 @@ def describe(config: ml_collections.ConfigDict) -> str:
   if not check(config):
     return ''
   teacher = _teacher_config(config)
-  params = architectures.param_count(architectures.get_network(teacher.model))
+  params = architectures.param_count(architectures.get_network(teacher.model,
+                                                              teacher.model_kwargs))
   return f'distilled from {teacher.model} ({params:,} params, trained separately)'
 
 

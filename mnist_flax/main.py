@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
       parallel.initialize_distributed(FLAGS.coordinator, FLAGS.num_processes,
                                       FLAGS.process_id)
     swept = sweep.parse(FLAGS.sweep, config)
-    network = architectures.get_network(config.model)
+    network = architectures.get_network(config.model, config.model_kwargs)
     params = architectures.param_count(network)
     verdict = 'PASS' if params < architectures.PARAM_LIMIT else 'FAIL'
     distilled = distill.describe(config)

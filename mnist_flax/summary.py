@@ -14,7 +14,10 @@ from mnist_flax import cli
 from mnist_flax.errors import UserError
 
 _MODEL = flags.DEFINE_string('model', 'v36',
-                             f'One of: {", ".join(arch.NETWORKS)}.')
+                             f'One of: {", ".join(arch.NETWORKS)}; v36:C1-C2-C3-C4-C5; '
+                             'torch:PATH.py:CLASS (runs that file).')
+_MODEL_KWARGS = flags.DEFINE_string('model_kwargs', '', "A torch: model's constructor "
+                                    'arguments, a JSON object.')
 
 
 def _label(layer: arch.Layer) -> str:
@@ -22,10 +25,15 @@ def _label(layer: arch.Layer) -> str:
   kind = type(layer).__name__
   if isinstance(layer, arch.CONVS):
     multiplier = getattr(layer, 'multiplier', 1)  # DepthwiseConv's
+    groups = getattr(layer, 'group_count', 1)  # Conv's
     kind += (f' {layer.kernel}x{layer.kernel}'
+             + (f' s{layer.stride}' if layer.stride > 1 else '')
              + (f' p{layer.padding}' if layer.padding else '')
              + (f' d{layer.dilation}' if layer.dilation > 1 else '')
+             + (f' g{groups}' if groups > 1 else '')
              + (f' x{multiplier}' if multiplier > 1 else ''))
+  elif isinstance(layer, arch.Dropout):
+    kind += f' p={layer.rate:g}'
   return f'{name} ({kind})' if name else kind
 
 
@@ -69,7 +77,7 @@ def rf_table(network: arch.Network) -> str:
 def main(argv: list[str]) -> None:
   del argv
   try:
-    network = arch.get_network(_MODEL.value)
+    network = arch.get_network(_MODEL.value, _MODEL_KWARGS.value)
   except UserError as e:
     sys.exit(f'error: {e}')
   print(f'{_MODEL.value}\n{layer_table(network)}\n\n{rf_table(network)}')

@@ -24,7 +24,6 @@ import re
 from typing import Any, Callable
 
 import ml_collections
-import numpy as np
 
 from mnist_flax import architectures as arch
 from mnist_flax import torch_interop

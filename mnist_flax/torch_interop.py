@@ -96,6 +96,21 @@ def torch_model(name: str, bn_momentum: float = 0.1, model_kwargs: str = ''):
   return Net()
 
 
+def seeded_torch_model(config):
+  """config.model's twin (`torch_model`) initialised for config.seed: drawn by
+  PyTorch after torch.manual_seed(config.seed), or for a torch: model, its own
+  class's initialisation under that seed (torch_import.initial_state_dict), as
+  the JAX run starts from (train.py)."""
+  torch = require_torch()
+  torch.manual_seed(config.seed)
+  net = torch_model(config.model, config.bn_momentum, config.model_kwargs)
+  if config.model.startswith(arch.TORCH_PREFIX):
+    from mnist_flax import torch_import  # pylint: disable=g-import-not-at-top
+    net.load_state_dict(torch_import.initial_state_dict(
+        config.model, config.model_kwargs, config.seed))
+  return net
+
+
 _BN_STATS = ('running_mean', 'running_var')
 
 

@@ -16,8 +16,8 @@ import jax
 import ml_collections
 import tqdm
 
-from mnist_flax import (checkpoint, data, distill, epoch_loop, kill_switch, models,
-                        optim, parallel, report, sweep)
+from mnist_flax import (architectures, checkpoint, data, distill, epoch_loop,
+                        kill_switch, models, optim, parallel, report, sweep)
 from mnist_flax.epoch_loop import stack, unstack
 from mnist_flax.errors import ConfigError, UserError
 from mnist_flax.jit_steps import (Metrics, TrainState, create_train_state,
@@ -145,6 +145,15 @@ def _restore(runs: list[_Run], templates: list[TrainState]) -> list[TrainState] 
   return [r.state for r in restored]
 
 
+def _initial_variables(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
+  """A torch: model's own initial variables for config.seed; None (drawn by
+  Flax) for the others."""
+  if not config.model.startswith(architectures.TORCH_PREFIX):
+    return None
+  from mnist_flax import torch_import  # pylint: disable=g-import-not-at-top
+  return torch_import.initial_variables(config)
+
+
 def train_seeds(config: ml_collections.ConfigDict, workdir: str,
                 swept: sweep.Sweep | None = None) -> list[TrainResult]:
   """Trains config.num_seeds replicas of config.model at once (seeds
@@ -157,11 +166,12 @@ def train_seeds(config: ml_collections.ConfigDict, workdir: str,
   is not trained again.
   """
   swept = swept or {}
+  # The model first: an unknown or unimportable one writes nothing.
+  model = models.create_model(config.model, config.init, config.precision,
+                              config.bn_momentum, config.model_kwargs)
   if parallel.is_primary():
     _prepare_workdir(workdir)
   parallel.check_shared_workdir(workdir)
-  model = models.create_model(config.model, config.init, config.precision,
-                              config.bn_momentum)
   ds = data.load_for(config)
   num_train = len(ds.train_images)
   batches = epoch_loop.batch_starts(num_train, config.batch_size)
@@ -179,7 +189,11 @@ def train_seeds(config: ml_collections.ConfigDict, workdir: str,
     creates.setdefault(str(run.values), jax.jit(functools.partial(
         create_train_state, model, run.optimizer.tx, ema=keeps_ema(run.config)),
                                                   out_shardings=replicated))
-  states = [creates[str(run.values)](jax.random.key(run.config.seed)) for run in runs]
+  # A torch: model starts from its class's own initialisation for the seed
+  # (torch_import.initial_variables), as compare's PyTorch side does.
+  states = [creates[str(run.values)](jax.random.key(run.config.seed),
+                                     variables=_initial_variables(run.config))
+            for run in runs]
   try:
     states = _restore(runs, states) or states
     for run, state in zip(runs, states):
