@@ -360,15 +360,15 @@ class _Translator:
       # Arithmetic on shapes (x.size(0) and the like).
       self.values[node] = self._evaluate(node)
       return
+    if self._is_shape_query(node):  # of any activation: its shape is known
+      self.values[node] = self._evaluate(node)
+      return
     if len(inputs) > 1:
       raise self.fail(f'it combines {len(inputs)} tensors (a residual or a '
                       'concatenation); only a chain of layers imports')
     if inputs[0] is not self.current:
       raise self.fail('it reads an earlier activation (a branch or a skip '
                       'connection); only a chain of layers imports')
-    if self._is_shape_query(node):
-      self.values[node] = self._evaluate(node)
-      return
     tensor = self.values[self.current]
     before = len(self.layers)
     shape = self._layer(node, tensor.shape)
@@ -377,6 +377,8 @@ class _Translator:
         shape = list(arch.walk(tuple(self.layers)))[-1].out_shape
       except ValueError as e:
         raise self.fail(str(e)) from None
+      if len(tensor.shape) == 1:  # flattened: the specs' 1x1 map is (N, C)
+        shape = shape[2:]
     self.values[node] = _Tensor(shape)
     self.current = node
 
