@@ -306,3 +306,11 @@ def test_compare_cli_with_a_torch_model(fake_mnist_dir, tmp_path):
   table = lines[lines.index(next(l for l in lines if l.startswith('framework'))):]
   assert [l.split()[:2] for l in table[1:]] == [
       ['jax', '0'], ['pytorch', '0'], ['jax', 'mean'], ['pytorch', 'mean']]
+
+
+def test_bench_takes_a_torch_model_with_v36s_recipe():
+  from mnist_flax import bench  # pylint: disable=g-import-not-at-top
+  config = bench.load_config('torch:tests/torch_nets/styles.py:WithDropout', '{"p": 0.2}')
+  assert config.model == f'torch:{NETS}/styles.py:WithDropout'  # absolute for its children
+  assert config.model_kwargs == '{"p": 0.2}'
+  assert config.schedule.name == bench.load_config('v36').schedule.name == 'onecycle'
