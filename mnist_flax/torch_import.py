@@ -31,6 +31,9 @@ from mnist_flax.errors import ConfigError
 
 # Classes: 10 logits per image.
 NUM_CLASSES = 10
+_UNKNOWN_OP = ('an op the import does not know; it translates Conv2d, BatchNorm2d, ReLU, '
+               'MaxPool2d, AvgPool2d and AdaptiveAvgPool2d to 1x1, Dropout, Flatten/view, '
+               'Linear and a final (log_)softmax')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,7 +294,7 @@ class _Translator:
     if counted != total:
       used = {getattr(layer, 'name', None) for layer in network}
       unused = [n for n, m in self.net.named_modules()
-                if any(True for _ in m.parameters(recurse=False)) and n not in used]
+                if next(m.parameters(recurse=False), None) is not None and n not in used]
       raise ConfigError(
           f'{self.path}: {self.class_name} has {total:,} parameters but its forward '
           f'uses {counted:,}: {", ".join(map(repr, unused)) or "some"} never called; '
@@ -410,10 +413,11 @@ class _Translator:
   # One layer ---------------------------------------------------------------
 
   def _layer(self, node: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Appends the node's specs (if any); returns the shape after a node that
-    adds none."""
+    """Appends the node's spec, if it has one, and returns the activation's
+    shape after it for the nodes without (a flatten); the caller recomputes it
+    for the others."""
     torch = self.torch
-    nn, F = torch.nn, torch.nn.functional
+    F = torch.nn.functional
     values = lambda v: self.torch.fx.node.map_arg(v, lambda n: self.values[n])
     args, kwargs = values(node.args), values(node.kwargs)
     target = node.target
@@ -461,10 +465,7 @@ class _Translator:
           or sizes == (-1, -1)):
         raise self.fail(f'only a view to (N, C) imports, not {sizes}')
       return self._flatten(shape)
-    raise self.fail('an op the import does not know; it translates Conv2d, '
-                    'BatchNorm2d, ReLU, MaxPool2d, AvgPool2d and AdaptiveAvgPool2d '
-                    'to 1x1, Dropout, Flatten/view, Linear and a final '
-                    '(log_)softmax')
+    raise self.fail(_UNKNOWN_OP)
 
   def _module(self, path: str, m: Any, shape: tuple[int, ...]) -> tuple[int, ...]:
     nn = self.torch.nn
@@ -502,10 +503,7 @@ class _Translator:
     elif isinstance(m, nn.Identity):
       return shape
     else:
-      raise self.fail('an op the import does not know; it translates Conv2d, '
-                      'BatchNorm2d, ReLU, MaxPool2d, AvgPool2d and AdaptiveAvgPool2d '
-                      'to 1x1, Dropout, Flatten/view, Linear and a final '
-                      '(log_)softmax')
+      raise self.fail(_UNKNOWN_OP)
     return shape
 
   def _need_map(self, shape: tuple[int, ...]) -> None:
@@ -540,7 +538,7 @@ class _Translator:
   def _max_pool(self, kernel, stride, padding, dilation, ceil_mode, return_indices,
                 shape):
     kernel = _pair(kernel)
-    stride = kernel if stride in (None, ()) or stride == [] else _pair(stride)
+    stride = kernel if stride in (None, (), []) else _pair(stride)  # F's default: None
     if (len(shape) != 3 or kernel is None or stride != kernel or _pair(padding) != 0
         or _pair(dilation) != 1 or ceil_mode or return_indices):
       raise self.fail('only non-overlapping square max pooling imports (stride = '
