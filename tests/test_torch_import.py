@@ -268,6 +268,12 @@ def test_a_run_starts_from_the_classes_own_initialisation(tmp_path):
   _, _, restored = checkpoint.load_checkpoint(str(tmp_path / 'wd'))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored.state.params),
                start['params'])
+  # And back: the exported state_dict loads into the user's own class.
+  convert.to_torch(str(tmp_path / 'wd'), str(tmp_path / 'back.pt'))
+  again = torch_import.build(config.model, '', seed=0)
+  again.load_state_dict(torch.load(tmp_path / 'back.pt'))
+  for key, value in fresh.state_dict().items():
+    np.testing.assert_array_equal(again.state_dict()[key].numpy(), value.numpy())
   other = train._initial_variables(small_config(tmp_path, model=config.model, seed=4))
   assert not np.array_equal(other['params']['fc']['kernel'], start['params']['fc']['kernel'])
 
