@@ -160,7 +160,8 @@ def initial_state_dict(name: str, model_kwargs: str, seed: int) -> dict[str, Any
 def initial_variables(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
   """For a torch: model, {'params', 'batch_stats'} of its instance built under
   torch.manual_seed(config.seed), as numpy: where training starts, so that
-  PyTorch (compare) and JAX start from the same weights. None for other models."""
+  PyTorch (compare) and JAX start from the same weights, whatever config.init.
+  None for other models (Flax draws theirs)."""
   if not config.model.startswith(arch.TORCH_PREFIX):
     return None
   state_dict = initial_state_dict(config.model, config.model_kwargs, config.seed)

@@ -16,8 +16,8 @@ import jax
 import ml_collections
 import tqdm
 
-from mnist_flax import (architectures, checkpoint, data, distill, epoch_loop,
-                        kill_switch, models, optim, parallel, report, sweep)
+from mnist_flax import (checkpoint, data, distill, epoch_loop, kill_switch, models,
+                        optim, parallel, report, sweep, torch_import)
 from mnist_flax.epoch_loop import stack, unstack
 from mnist_flax.errors import ConfigError, UserError
 from mnist_flax.jit_steps import (Metrics, TrainState, create_train_state,
@@ -145,15 +145,6 @@ def _restore(runs: list[_Run], templates: list[TrainState]) -> list[TrainState] 
   return [r.state for r in restored]
 
 
-def _initial_variables(config: ml_collections.ConfigDict) -> dict[str, Any] | None:
-  """A torch: model's own initial variables for config.seed; None (drawn by
-  Flax) for the others."""
-  if not config.model.startswith(architectures.TORCH_PREFIX):
-    return None
-  from mnist_flax import torch_import  # pylint: disable=g-import-not-at-top
-  return torch_import.initial_variables(config)
-
-
 def train_seeds(config: ml_collections.ConfigDict, workdir: str,
                 swept: sweep.Sweep | None = None) -> list[TrainResult]:
   """Trains config.num_seeds replicas of config.model at once (seeds
@@ -192,7 +183,7 @@ def train_seeds(config: ml_collections.ConfigDict, workdir: str,
   # A torch: model starts from its class's own initialisation for the seed
   # (torch_import.initial_variables), as compare's PyTorch side does.
   states = [creates[str(run.values)](jax.random.key(run.config.seed),
-                                     variables=_initial_variables(run.config))
+                                     variables=torch_import.initial_variables(run.config))
             for run in runs]
   try:
     states = _restore(runs, states) or states

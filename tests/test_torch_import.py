@@ -256,7 +256,7 @@ def test_a_run_starts_from_the_classes_own_initialisation(tmp_path):
   """CustomBlocks initialises itself (apply(init_fn)): the JAX start for a seed,
   the PyTorch twin's and `convert --from_torch` of a fresh instance agree."""
   config = small_config(tmp_path, epochs=1, model=_name('styles', 'CustomBlocks'), seed=3)
-  start = train._initial_variables(config)
+  start = torch_import.initial_variables(config)
   torch.manual_seed(3)
   fresh = torch_import.build(config.model, '', seed=3)
   np.testing.assert_array_equal(start['params']['blocks.0.bn']['scale'], 0.5)
@@ -274,7 +274,7 @@ def test_a_run_starts_from_the_classes_own_initialisation(tmp_path):
   again.load_state_dict(torch.load(tmp_path / 'back.pt'))
   for key, value in fresh.state_dict().items():
     np.testing.assert_array_equal(again.state_dict()[key].numpy(), value.numpy())
-  other = train._initial_variables(small_config(tmp_path, model=config.model, seed=4))
+  other = torch_import.initial_variables(small_config(tmp_path, model=config.model, seed=4))
   assert not np.array_equal(other['params']['fc']['kernel'], start['params']['fc']['kernel'])
 
 
