@@ -580,7 +580,7 @@ class _Translator:
   def _softmax(self, dim, node, shape):
     if any(u.op != 'output' for u in node.users):
       raise self.fail('(log_)softmax imports only as the last op, before return')
-    if dim not in (1, -1) or len(shape) != 1:
+    if dim not in (1, -1, None) or len(shape) != 1:  # None: 2-D input, dim 1
       raise self.fail('(log_)softmax imports only over the classes of (N, C) '
                       'logits (dim 1 or -1)')
     # Training takes cross-entropy on the logits: the same loss as NLL on
