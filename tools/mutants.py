@@ -93,6 +93,10 @@ MUTANTS = (
            'warm_end = float(pct_start * total_steps) - 1',
            'warm_end = float(pct_start * total_steps)',
            ('tests/test_optim.py::test_whole_runs_match_torch_every_step',)),
+    Mutant("held-out writers' digits trained on", 'mnist_flax/data.py',
+           'ds = Dataset(ds.train_images[~held], ds.train_labels[~held],',
+           'ds = Dataset(ds.train_images, ds.train_labels,',
+           ('tests/test_writers.py::test_no_held_out_writer_trains_and_the_split_is_fixed',)),
     Mutant("Adam's weight decay ignored", 'mnist_flax/optim.py',
            'return optax.chain(optax.add_decayed_weights(weight_decay),\n'
            '                     optax.scale_by_adam',
