@@ -97,6 +97,10 @@ MUTANTS = (
            'ds = Dataset(ds.train_images[~held], ds.train_labels[~held],',
            'ds = Dataset(ds.train_images, ds.train_labels,',
            ('tests/test_writers.py::test_no_held_out_writer_trains_and_the_split_is_fixed',)),
+    Mutant("a sweep's runs shared out over devices with their values shifted by the padding",
+           'mnist_flax/train.py', 'for run in runs + runs[-1:] * padding]',
+           'for run in runs[-1:] * padding + runs]',
+           ('tests/test_parallel.py::test_sweep_runs_shared_out_over_devices_equal_single_runs[2]',)),
     Mutant("Adam's weight decay ignored", 'mnist_flax/optim.py',
            'return optax.chain(optax.add_decayed_weights(weight_decay),\n'
            '                     optax.scale_by_adam',
