@@ -154,9 +154,9 @@ def make_steps(model: models.Net, tx: optax.GradientTransformation,
   sharding = parallel.batch_sharded(mesh) if mesh is not None and not over_runs else None
   how = seed_parallelism(config.seed_parallelism, mesh)
   # Each run's swept values, an argument of the programs (sharded as the runs).
-  values = {k: jnp.asarray(v) for k, v in (swept or {}).items()}
-  if over_runs:
-    values = jax.device_put(values, parallel.runs_sharded(mesh))
+  values = {k: np.asarray(v) for k, v in (swept or {}).items()}
+  values = (parallel.put(values, parallel.runs_sharded(mesh)) if over_runs
+            else jax.tree.map(jnp.asarray, values))
 
   def over(make_fn, in_axes):
     fn = over_seeds(make_fn, config, in_axes, how)

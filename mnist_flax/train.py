@@ -201,8 +201,8 @@ def train_seeds(config: ml_collections.ConfigDict, workdir: str,
                  for key in swept}
       steps = epoch_loop.make_steps(model, runs[0].optimizer.tx, config,
                                     len(batches), mesh, stacked, per_run, teacher)
-      state = (jax.device_put(stack(states + states[-1:] * padding),
-                              parallel.runs_sharded(mesh)) if stacked else states[0])
+      state = (jax.jit(stack, out_shardings=parallel.runs_sharded(mesh))(
+          states + states[-1:] * padding) if stacked else states[0])
       _train_epochs(config, runs, state, ds, steps, batches, mesh)
   finally:
     for run in runs:

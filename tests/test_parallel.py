@@ -309,3 +309,20 @@ def test_default_devices_split_what_they_can(tmp_path):
   cores = parallel.cpu_cores()
   assert out.stdout.split() == [str(cores), str(max(n for n in (1, 2, 4, 8, 16, 32)
                                                      if n <= cores and 32 % n == 0)), '1']
+
+
+def test_sweep_over_two_processes_equals_one_process(data_dir, sharded_over_two, tmp_path):
+  """The runs axis spans the devices of every process: two processes of one
+  device each train what one process of two devices trains."""
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    port = s.getsockname()[1]
+  workdir = tmp_path / 'w'
+  processes = [_launch(workdir, data_dir, '--distributed', '--cpu_devices=1',
+                       f'--coordinator=localhost:{port}', '--num_processes=2',
+                       f'--process_id={i}', *_sweep_flags()) for i in range(2)]
+  outputs = [_finish(p) for p in processes]
+  assert '2 x cpu (cpu) over 2 processes' in outputs[0]
+  for wd in ('0.0', '0.001', '0.01'):
+    run = f'optimizer.weight_decay={wd}/seed_0'
+    _assert_close(_variables(workdir / run), _variables(sharded_over_two / run), 1e-6)
