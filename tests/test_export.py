@@ -219,3 +219,31 @@ def test_cli_prints_the_table_and_writes_json(trained, tmp_path):
   report = json.loads(open(f'{out}.json').read())
   assert report['rows'][1]['differing_predictions'] == 0
   assert report['rows'][1]['size_bytes'] == out.stat().st_size
+
+
+@pytest.mark.parametrize('fmt', ['stablehlo', 'onnx'])
+def test_checkpoint_converted_from_pytorch_exports_as_the_pytorch_net(fmt, tmp_path):
+  torch = pytest.importorskip('torch')
+  for module in export.NEEDS.get(fmt, ()):
+    pytest.importorskip(module)
+  from mnist_flax import convert, torch_interop  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(0)
+  net = torch_interop.torch_model('v36').eval()
+  with torch.no_grad():  # running statistics far from 0 and 1
+    for module in net.modules():
+      if isinstance(module, torch.nn.BatchNorm2d):
+        module.running_mean.normal_(0, 0.5)
+        module.running_var.uniform_(0.1, 3)
+        module.weight.uniform_(0.5, 1.5)
+        module.bias.normal_(0, 0.3)
+  torch.save(net.state_dict(), tmp_path / 'net.pt')
+  workdir = str(tmp_path / 'w')
+  convert.from_torch(str(tmp_path / 'net.pt'), 'v36', workdir)
+  out = str(tmp_path / f'm{export.SUFFIXES[fmt]}')
+  export.export_checkpoint(workdir, fmt, out, check=False)
+  images = np.random.default_rng(2).integers(0, 256, (16, 28, 28), dtype=np.uint8)
+  logits = _load_and_run(fmt, out, images)
+  x = (torch.from_numpy(images).float() / 255 - MEAN) / STD
+  with torch.no_grad():
+    log_probs = net(x[:, None]).numpy()  # the seeds' forward ends in log_softmax
+  np.testing.assert_allclose(jax.nn.log_softmax(logits), log_probs, atol=1e-5)
