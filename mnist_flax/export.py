@@ -56,8 +56,10 @@ ONNX_OPSET = 17
 # Training images the int8 converters calibrate on (seeded, without test images).
 CALIBRATION_IMAGES = 1000
 INSTALL_HINT = "pip install 'mnist_flax[export]'"
-# The packages each format needs beyond the core (stablehlo needs none).
-NEEDS = {'litert': ('tensorflow', 'ai_edge_litert'), 'onnx': ('onnx', 'onnxruntime')}
+# The packages each format needs beyond the core (jax.export serializes with
+# flatbuffers, which JAX does not install).
+NEEDS = {'litert': ('tensorflow', 'ai_edge_litert'), 'onnx': ('onnx', 'onnxruntime'),
+         'stablehlo': ('flatbuffers',)}
 
 
 class ExportError(UserError):

@@ -163,7 +163,8 @@ def test_c_array_holds_the_tflite_bytes(trained, tmp_path):
 
 @pytest.mark.parametrize('fmt,hidden', [('litert', 'tensorflow'),
                                         ('litert', 'ai_edge_litert'),
-                                        ('onnx', 'onnxruntime')])
+                                        ('onnx', 'onnxruntime'),
+                                        ('stablehlo', 'flatbuffers')])
 def test_missing_extra_names_it(monkeypatch, fmt, hidden):
   monkeypatch.setitem(sys.modules, hidden, None)  # as uninstalled
   with pytest.raises(export.ExportError, match=(

@@ -9,7 +9,7 @@ package is installed into, and installs the package as its users do:
 - fresh with the tfds extra: whatever TensorFlow and protobuf pip chooses reads a
   real TFDS copy of MNIST;
 - bare: `pip install .` alone, with no TensorFlow: IDX files train, the TFDS
-  path and LiteRT export say in one line what to install, StableHLO exports;
+  path and export say in one line what to install;
 - fresh with the export extra: every export format, run back in its runtime.
 """
 
@@ -202,17 +202,16 @@ def test_bare_install_trains_on_idx_files_and_names_the_tfds_extra(
       "error: the TFDS data path needs TensorFlow Datasets and TensorFlow (No module "
       "named 'tensorflow_datasets'): pip install 'mnist_flax[tfds]', or pass "
       "--config.data_dir=DIR with the four IDX files"]
-  # Export: StableHLO needs only JAX; LiteRT names the export extra in one line.
-  export = [python, '-m', 'mnist_flax.export', f'--workdir={tmp_path / "idx"}']
-  run = _run(*export, '--format=stablehlo', f'--out={tmp_path / "m.stablehlo"}',
-             cwd=checkout, env=_clean_env(), check=False)
-  assert run.returncode == 0, run.stderr[-3000:]
-  run = _run(*export, '--format=litert', f'--out={tmp_path / "m.tflite"}',
-             cwd=checkout, env=_clean_env(), check=False)
-  assert run.returncode == 1
-  assert run.stderr.strip().splitlines() == [
-      "error: --format=litert needs tensorflow, in the export extra: "
-      "pip install 'mnist_flax[export]'"]
+  # Export names its extra in one line (jax.export needs flatbuffers too).
+  for fmt, module in (('litert', 'tensorflow'), ('onnx', 'onnx'),
+                      ('stablehlo', 'flatbuffers')):
+    run = _run(python, '-m', 'mnist_flax.export', f'--workdir={tmp_path / "idx"}',
+               f'--format={fmt}', f'--out={tmp_path / "m"}', cwd=checkout,
+               env=_clean_env(), check=False)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [
+        f"error: --format={fmt} needs {module}, in the export extra: "
+        "pip install 'mnist_flax[export]'"]
 
 
 def test_export_extra_installs_fresh_and_runs_every_format(
