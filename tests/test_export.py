@@ -14,6 +14,7 @@ import pytest
 
 from mnist_flax import architectures as arch
 from mnist_flax import checkpoint, data, export, models, train
+from mnist_flax.errors import UserError
 from tests.conftest import init, small_config, write_fake_mnist
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -182,22 +183,30 @@ def _cli(*args, hide=None):
                         text=True, cwd=REPO, check=False)
 
 
-def test_cli_refuses_bad_arguments_in_one_line(trained, tmp_path):
+def test_bad_arguments_are_refused_in_one_line(trained, tmp_path):
+  w, out = trained['workdir'], str(tmp_path / 'm')
+  cases = [
+      (dict(fmt='keras'), "unknown format 'keras'; choose one of: litert, onnx, stablehlo"),
+      (dict(fmt='stablehlo', quantize='int8'),
+       '--format=stablehlo is float32 only; int8 is made for litert and onnx'),
+      (dict(fmt='onnx', quantize='int4'), "unknown quantize 'int4'; choose one of: float32, int8"),
+      (dict(fmt='stablehlo', write_c_array=True),
+       '--c_array is for --format=litert (TensorFlow Lite Micro)'),
+  ]
+  for kwargs, message in cases:
+    with pytest.raises(UserError, match=f'^{re.escape(message)}$'):
+      export.export_checkpoint(w, out=out, **kwargs)
+  with pytest.raises(UserError, match='config.json not found: --workdir must be'):
+    export.export_checkpoint(str(tmp_path / 'none'), 'stablehlo', out)
+  assert not os.path.exists(out)
+
+
+def test_cli_errors_are_one_line(trained, tmp_path):
   w, out = f'--workdir={trained["workdir"]}', f'--out={tmp_path / "m"}'
   cases = {
       (w, '--format=keras', out):
           "error: unknown format 'keras'; choose one of: litert, onnx, stablehlo",
-      (w, '--format=stablehlo', '--quantize=int8', out):
-          'error: --format=stablehlo is float32 only; int8 is made for litert and onnx',
-      (w, '--format=onnx', '--quantize=int4', out):
-          "error: unknown quantize 'int4'; choose one of: float32, int8",
-      (w, '--format=stablehlo', '--c_array', out):
-          'error: --c_array is for --format=litert (TensorFlow Lite Micro)',
       (w, '--format=onnx'): 'error: --out=FILE is required',
-      (w, out): 'error: --format is required: one of litert, onnx, stablehlo',
-      (f'--workdir={tmp_path / "none"}', '--format=stablehlo', out):
-          f'error: {tmp_path / "none" / "config.json"} not found: --workdir must be '
-          'a directory that mnist_flax.main trained in',
   }
   for args, message in cases.items():
     run = _cli(*args)
