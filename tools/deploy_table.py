@@ -1,9 +1,9 @@
 """The deploy table of docs/deploy.md from export's JSON reports.
 
 python tools/deploy_table.py REPORT.json ... prints one Markdown row per report
-(config, format, quantization, accuracy against the float JAX model's,
-differing predictions, size, one-image latency), the reference's latency once
-in brackets.
+(network, format, quantization, accuracy against the float JAX model's,
+differing predictions, largest logit difference, size, one-image latency, the
+float JAX model's latency in brackets).
 """
 
 import json
@@ -11,8 +11,9 @@ import sys
 
 
 def main(paths: list[str]) -> None:
-  print('| network | export | accuracy (float JAX) | differing | bytes | latency (JAX) |')
-  print('| --- | --- | ---: | ---: | ---: | ---: |')
+  print('| network | export | accuracy (float JAX, change) | differing | max abs logit diff '
+        '| bytes | latency (float JAX) |')
+  print('| --- | --- | ---: | ---: | ---: | ---: | ---: |')
   for path in paths:
     with open(path) as f:
       report = json.load(f)
@@ -20,7 +21,8 @@ def main(paths: list[str]) -> None:
     delta = row['accuracy'] - reference['accuracy']
     print(f"| `{report['model']}` | {report['format']} {report['quantize']} "
           f"| {row['accuracy']:.2f}% ({reference['accuracy']:.2f}%, {delta:+.2f}) "
-          f"| {row['differing_predictions']} | {row['size_bytes']:,} "
+          f"| {row['differing_predictions']} | {row['max_abs_logit_diff']:.1e} "
+          f"| {row['size_bytes']:,} "
           f"| {row['latency_us']:.0f} us ({reference['latency_us']:.0f} us) |")
 
 
