@@ -38,6 +38,7 @@ _ANGLES = _AUGMENT + 'test_rotation_angle_stays_within_degrees_and_covers_them'
 _SHIFTS = _AUGMENT + 'test_shift_of_a_bright_pixel_reaches_round_translate_times_28_and_no_more'
 _TORCH_AUGMENT = _AUGMENT + 'test_torch_augmentation_draws_the_same_distribution'
 _BATCHNORM = 'tests/test_architectures.py::test_batchnorm_matches_torch'
+_FOLD = 'tests/test_export.py::test_folded_graph_equals_the_flax_model'
 
 MUTANTS = (
     Mutant('shuffle ignores the epoch', 'mnist_flax/jit_steps.py',
@@ -106,6 +107,12 @@ MUTANTS = (
            '                     optax.scale_by_adam',
            'return optax.chain(optax.scale_by_adam',
            ('tests/test_optim.py::test_adam_step_lr_matches_torch',)),
+    Mutant("BatchNorm folded without its running mean", 'mnist_flax/export.py',
+           "- np.asarray(stats[layer.name]['mean'], np.float64) * s)", ')',
+           (_FOLD,)),
+    Mutant('int8 calibrated on test images', 'mnist_flax/export.py',
+           '  train = ds.train_images\n', '  train = ds.test_images\n',
+           ('tests/test_export.py::test_calibration_reads_only_training_images',)),
 )
 
 
