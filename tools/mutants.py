@@ -101,7 +101,7 @@ MUTANTS = (
     Mutant("a sweep's runs shared out over devices with their values shifted by the padding",
            'mnist_flax/train.py', 'for run in runs + runs[-1:] * padding]',
            'for run in runs[-1:] * padding + runs]',
-           ('tests/test_parallel.py::test_sweep_runs_shared_out_over_devices_equal_single_runs[2]',)),
+           ('tests/test_runs_axis.py::test_sweep_runs_shared_out_over_devices_equal_single_runs[2]',)),
     Mutant("Adam's weight decay ignored", 'mnist_flax/optim.py',
            'return optax.chain(optax.add_decayed_weights(weight_decay),\n'
            '                     optax.scale_by_adam',
