@@ -7,7 +7,9 @@ that drift of the machine's speed cancels in the ratios:
   2. a full training epoch with shuffling and augmentation, against a PyTorch
      DataLoader that augments per sample (PIL, as torchvision does);
   3. eval throughput; 4. time to the first step's result (compile);
-  5. peak memory (resident set of a child process per framework).
+  5. peak memory (resident set of a child process per framework);
+  6. with --runs=1,2,4,8: runs per hour when K runs train at once, ours as one
+     `mnist_flax.main` process of K seeds against K PyTorch processes side by side.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import runpy
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from typing import Any, Callable
 
@@ -285,6 +288,79 @@ def bench_model(model: str, ds: data.Dataset, repeats: int, steps: int,
   return rows
 
 
+def _second_epoch_s(out: str) -> float:
+  """The time of epoch 2 of 2 in `mnist_flax.main`'s log (epoch 1 compiles)."""
+  line = next(l for l in out.splitlines() if l.startswith('Epoch  2/2'))
+  return float(line.rsplit('|', 1)[1].strip().rstrip('s'))
+
+
+def runs_per_hour(model: str, ks: list[int], examples: int, data_dir: str,
+                  verify: bool = True, log=print) -> list[dict[str, Any]]:
+  """Per K: 15-epoch runs (of 60,000 images) per hour, from the second of two
+  epochs over `examples` images with K runs training at once: ours, one
+  `mnist_flax.main` process of K seeds on its default devices; PyTorch, K
+  processes at once, each with cores // K threads (at least one). Both evaluate
+  on 1,000 held-out training images an epoch, in the epoch's time."""
+  rows = []
+  scale = examples / 60000 / 15  # run-epochs of `examples` -> 15-epoch runs
+  common = [f'--config.data_dir={data_dir}', f'--config.train_examples={examples}',
+            '--config.validation_examples=1000', '--config.num_epochs=2',
+            '--config.progress_bar=False', f'--config.verify_checksums={verify}']
+  for k in ks:
+    with tempfile.TemporaryDirectory() as workdir:
+      ours = subprocess.run(
+          [sys.executable, '-m', 'mnist_flax.main', f'--config={_CONFIGS}/{model}.py',
+           f'--workdir={workdir}', f'--config.num_seeds={k}', *common],
+          cwd=_ROOT, capture_output=True, text=True, timeout=3600)
+    if ours.returncode:
+      raise RuntimeError(ours.stderr[-2000:])
+    ours_s = _second_epoch_s(ours.stdout)
+    children = [subprocess.Popen(
+        [sys.executable, '-m', 'mnist_flax.bench', f'--torch_child_threads={max(1, threads() // k)}',
+         f'--models={model}', f'--data_dir={data_dir}', f'--runs_examples={examples}',
+         f'--verify_checksums={verify}'],
+        cwd=_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for _ in range(k)]
+    torch_s = []
+    for child in children:
+      out, err = child.communicate(timeout=3600)
+      if child.returncode:
+        raise RuntimeError(err[-2000:])
+      torch_s.append(float(out.split()[-1]))
+    row = {'model': model, 'runs': k, 'examples': examples, 'jax_epoch_s': ours_s,
+           'torch_epoch_s': torch_s,
+           'jax_runs_per_hour': k * 3600 / ours_s * scale,
+           'torch_runs_per_hour': sum(3600 / t for t in torch_s) * scale}
+    log(f'  {model} K={k}: jax {row["jax_runs_per_hour"]:.2f}, pytorch '
+        f'{row["torch_runs_per_hour"]:.2f} runs per hour')
+    rows.append(row)
+  return rows
+
+
+def _torch_child(model: str, data_dir: str, examples: int, threads_: int,
+                 verify: bool) -> None:
+  """One PyTorch run of `runs_per_hour`: prints its second epoch's seconds."""
+  torch = torch_interop.require_torch()
+  torch.set_num_threads(threads_)
+  config = load_config(model)
+  config.num_epochs = 2
+  ds = data.load(config.dataset, data_dir, verify=verify, train_examples=examples,
+                 validation_examples=1000)
+  history = compare.train_torch(config, ds, log=lambda *_: None)
+  print(history[1]['epoch_time_s'])
+
+
+def format_runs(rows: list[dict[str, Any]]) -> str:
+  """Runs per hour per K, ours against K PyTorch processes."""
+  lines = [f'{"model":<7} {"runs at once":>12} {"jax runs/h":>11} {"pytorch runs/h":>15} '
+           f'{"speed-up":>9}']
+  for r in rows:
+    lines.append(f'{r["model"]:<7} {r["runs"]:>12} {r["jax_runs_per_hour"]:>11.2f} '
+                 f'{r["torch_runs_per_hour"]:>15.2f} '
+                 f'{r["jax_runs_per_hour"] / r["torch_runs_per_hour"]:>8.2f}x')
+  return '\n'.join(lines)
+
+
 def format_table(results: list[dict[str, Any]], info: dict[str, Any]) -> str:
   """One row per measurement: ours, PyTorch's, and ours/PyTorch (speed-up)."""
   lines = [f'machine: {info["cpu"]}, {info["cores"]} cores; JAX {info["jax"]} '
@@ -333,6 +409,11 @@ def _define_flags() -> None:
   flags.DEFINE_bool('torch_compile', True, 'Also measure torch.compile.')
   flags.DEFINE_integer('cpu_devices', 0, 'As mnist_flax.main --cpu_devices.')
   flags.DEFINE_enum('memory_child', None, ['jax', 'torch'], 'Internal.')
+  flags.DEFINE_list('runs', [], 'Also measure runs per hour with this many runs '
+                    'at once (e.g. 1,2,4,8), ours against as many PyTorch processes.')
+  flags.DEFINE_integer('runs_examples', 12800, 'Training images an epoch for --runs.')
+  flags.DEFINE_integer('torch_child_threads', 0, 'Internal.')
+  flags.DEFINE_bool('verify_checksums', True, "Check the IDX files' SHA-256.")
 
 
 def main(argv):
@@ -343,20 +424,40 @@ def main(argv):
     if f.memory_child:
       _memory_child(f.memory_child, f.models[0], f.model_kwargs)
       return
+    if f.torch_child_threads:
+      _torch_child(f.models[0], f.data_dir, f.runs_examples, f.torch_child_threads,
+                   f.verify_checksums)
+      return
+    try:
+      ks = [int(k) for k in f.runs]
+    except ValueError:
+      raise UserError(f'--runs={",".join(f.runs)}: give numbers of runs, e.g. '
+                      '--runs=1,2,4,8') from None
+    if f.runs and not f.data_dir:
+      raise UserError('--runs trains from IDX files: pass --data_dir or set MNIST_DIR')
+    if f.runs and any(m.startswith(architectures.TORCH_PREFIX) for m in f.models):
+      raise UserError('--runs trains configs/NAME.py with mnist_flax.main; a torch: '
+                      'model has no config there')
     info = machine()
     config = load_config(f.models[0], f.model_kwargs)
-    config.data_dir = f.data_dir
+    config.data_dir, config.verify_checksums = f.data_dir, f.verify_checksums
     ds = data.load_for(config)
     results = []
     for model in f.models:
       results.append(bench_model(model, ds, f.repeats, f.steps, f.workers,
                                  f.torch_compile, model_kwargs=f.model_kwargs))
+    runs = [row for model in f.models
+            for row in runs_per_hour(model, ks, f.runs_examples, f.data_dir,
+                                     f.verify_checksums)]
   except UserError as e:
     sys.exit(f'error: {e}')
   print(format_table(results, info))
+  if runs:
+    print(format_runs(runs))
   if f.json:
     with open(f.json, 'w') as out:
-      json.dump({'machine': info, 'results': results}, out, indent=2)
+      json.dump({'machine': info, 'results': results, 'runs_per_hour': runs}, out,
+                indent=2)
 
 
 if __name__ == '__main__':

@@ -28,7 +28,7 @@ from mnist_flax.errors import UserError
 
 # Keys that may change between a run and its resumption: they do not change
 # what is computed. Any other difference is refused.
-RESUMABLE_KEYS = frozenset({'data_dir', 'tfds_data_dir', 'verify_checksums',
+RESUMABLE_KEYS = frozenset({'data_dir', 'tfds_data_dir', 'verify_checksums', 'writers_file',
                             'progress_bar', 'eval_batch_size', 'target_accuracy',
                             'keep_checkpoints', 'checkpoint_every', 'steps_per_dispatch',
                             'seed_parallelism'})

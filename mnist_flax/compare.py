@@ -83,6 +83,7 @@ def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
   augmented_epochs = epoch_loop.augmented_epochs(config)
   history = []
   for epoch in range(1, config.num_epochs + 1):
+    start_time = time.time()
     net.train()
     perm = torch.randperm(len(labels), generator=generator)
     for start, size in batches:
@@ -101,7 +102,8 @@ def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
                        for i in range(0, len(test_x), config.eval_batch_size)])
     record = {'epoch': epoch,
               'test_loss': float(F.nll_loss(out, test_y)),
-              'test_accuracy': float(100 * (out.argmax(1) == test_y).float().mean())}
+              'test_accuracy': float(100 * (out.argmax(1) == test_y).float().mean()),
+              'epoch_time_s': time.time() - start_time}
     history.append(record)
     log(f'  torch epoch {epoch:2d}: test acc {record["test_accuracy"]:.2f}%')
   return history

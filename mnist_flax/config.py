@@ -22,8 +22,13 @@ def base_config() -> ml_collections.ConfigDict:
   c.tfds_data_dir = ''      # TFDS's own data dir; '' = TFDS's default
   c.verify_checksums = True
   c.train_examples = 0      # use only the first N training images; 0 = all
-  c.validation_examples = 0  # N > 0: evaluate on the last N training images
-                             # (never trained on) instead of the test set
+  c.validation_examples = 0  # N > 0: evaluate on N training images (never
+                             # trained on) instead of the test set
+  c.validation_split = 'last'  # which: 'last', the last N training images;
+                               # 'writers', whole writers, about N digits, half
+                               # from each NIST series, as the test set (writers.py)
+  c.writers_file = ''       # QMNIST's qmnist-train-labels-idx2-int.gz, the writer
+                            # of each training digit; '' = in data_dir
   c.mean = 0.1307           # the seeds' normalisation
   c.std = 0.3081
 

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from mnist_flax import writers
 from mnist_flax.errors import ConfigError, DataError, unknown
 
 FILES = {
@@ -75,6 +76,7 @@ DATASETS: dict[str, DatasetInfo] = {
         torchvision_dir='KMNIST'),
 }
 
+VALIDATION_SPLITS = ('last', 'writers')
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
 
@@ -236,13 +238,21 @@ def load_tfds(dataset: str = 'mnist', tfds_data_dir: str | None = None) -> Datas
 
 def load(dataset: str, data_dir: str = '', tfds_data_dir: str = '',
          verify: bool = True, train_examples: int = 0,
-         validation_examples: int = 0) -> Dataset:
+         validation_examples: int = 0, validation_split: str = 'last',
+         writers_file: str = '') -> Dataset:
   """IDX files from `data_dir` when given, else TFDS.
 
-  `validation_examples` > 0: the last N training images replace the test set
-  (for choosing models without looking at it); `train_examples` > 0: only the
-  first N of the remaining training images.
+  `validation_examples` > 0: training images replace the test set (for choosing
+  models without looking at it), never trained on: with `validation_split`
+  'last', the last N; with 'writers', every digit of whole writers, about N in
+  all (`writers.py`). `train_examples` > 0: only the first N of the remaining
+  training images.
   """
+  if validation_split not in VALIDATION_SPLITS:
+    raise unknown('validation_split', validation_split, VALIDATION_SPLITS)
+  if validation_split == 'writers' and dataset != 'mnist':
+    raise ConfigError(f'validation_split=writers needs MNIST\'s writers; {dataset} '
+                      'has none published: use validation_split=last')
   if data_dir:
     ds = load_idx_dir(os.path.expanduser(data_dir), dataset, verify)
   else:
@@ -252,9 +262,14 @@ def load(dataset: str, data_dir: str = '', tfds_data_dir: str = '',
       raise ConfigError(f'validation_examples={validation_examples} must be '
                         f'between 1 and {len(ds.train_images) - 1}, the '
                         'training images less one')
-    n = len(ds.train_images) - validation_examples
-    ds = Dataset(ds.train_images[:n], ds.train_labels[:n],
-                 ds.train_images[n:], ds.train_labels[n:])
+    if validation_split == 'writers':
+      path = writers.find_file(data_dir, writers_file)
+      held = writers.held_out(writers.read(path, ds.train_labels, verify),
+                              validation_examples)
+    else:
+      held = np.arange(len(ds.train_images)) >= len(ds.train_images) - validation_examples
+    ds = Dataset(ds.train_images[~held], ds.train_labels[~held],
+                 ds.train_images[held], ds.train_labels[held])
   if train_examples:
     ds = ds._replace(train_images=ds.train_images[:train_examples],
                      train_labels=ds.train_labels[:train_examples])
@@ -265,4 +280,5 @@ def load_for(config: Any) -> Dataset:
   """The dataset a training config names (see `config.py`)."""
   return load(config.dataset, config.data_dir, config.tfds_data_dir,
               config.verify_checksums, config.train_examples,
-              config.validation_examples)
+              config.validation_examples, config.validation_split,
+              config.writers_file)

@@ -67,11 +67,13 @@ def _teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
         f'{where} was trained with '
         + ', '.join(f'{k}={teacher[k]!r} (the student: {config[k]!r})' for k in differing)
         + '; the teacher reads the student\'s normalised images, so they must agree')
-  if config.validation_examples and teacher.validation_examples != config.validation_examples:
+  split = ('validation_examples', 'validation_split')
+  if config.validation_examples and any(teacher[k] != config[k] for k in split):
     raise ConfigError(
         f'{where} was trained with validation_examples={teacher.validation_examples}, '
-        f'so it may have seen the student\'s {config.validation_examples} validation '
-        'images: train the teacher with the student\'s --config.validation_examples')
+        f'validation_split={teacher.validation_split}, so it may have seen the '
+        f'student\'s {config.validation_examples} validation images: train the '
+        'teacher with the student\'s --config.validation_examples and validation_split')
   return teacher
 
 

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
 from mnist_flax import distill, models, optim, parallel, sweep
 from mnist_flax.errors import ConfigError, unknown
@@ -68,41 +69,40 @@ def seed_parallelism(name: str, mesh: jax.sharding.Mesh | None) -> str:
 
 def over_seeds(make_fn: Callable[[ml_collections.ConfigDict], Callable[..., Any]],
                config: ml_collections.ConfigDict, in_axes: tuple[int | None, ...],
-               how: str, swept: Mapping[str, Sequence[Any]] | None = None
-               ) -> Callable[..., Any]:
+               how: str) -> Callable[..., Any]:
   """`make_fn(config)` over the leading run axis of the arguments whose in_axes
-  is 0: seeds, and with `swept` ({key: one value per run}) swept configs.
+  is 0, as a function of (values, *args): `values` is {swept key: one value per
+  run} (`sweep.SWEEPABLE` keys; {} for seeds alone), traced into each run's config.
 
-  'vmap' batches the runs into one computation, the swept values traced. 'unroll'
-  traces `make_fn` once per run into the same program, each with its own
-  concrete config: on XLA CPU that trains V36 2.5-4x faster, since vmapped
-  per-run weights turn each convolution into a grouped one, which XLA CPU runs
-  slowly (docs/performance.md).
+  'vmap' batches the runs into one computation. 'unroll' traces `make_fn` once
+  per run into the same program: on XLA CPU that trains V36 2.5-4x faster, since
+  vmapped per-run weights turn each convolution into a grouped one, which XLA
+  CPU runs slowly (docs/performance.md).
   """
+  def one(values, *args):
+    return make_fn(sweep.with_values(config, values) if values else config)(*args)
+
   if how == 'vmap':
-    if not swept:
-      return jax.vmap(make_fn(config), in_axes=in_axes)
+    return lambda values, *args: jax.vmap(one, in_axes=(0, *in_axes))(values, *args)
 
-    def one(values, *args):
-      return make_fn(sweep.with_values(config, values))(*args)
-
-    def vmapped(*args):
-      values = {k: jnp.asarray(v) for k, v in swept.items()}
-      return jax.vmap(one, in_axes=(0, *in_axes))(values, *args)
-
-    return vmapped
-
-  def unrolled(*args):
+  def unrolled(values, *args):
     k = next(len(jax.tree.leaves(a)[0]) for a, ax in zip(args, in_axes) if ax == 0)
-    outs = []
-    for i in range(k):
-      run_config = (sweep.with_values(config, {key: v[i] for key, v in swept.items()})
-                    if swept else config)
-      outs.append(make_fn(run_config)(*(jax.tree.map(lambda x: x[i], a) if ax == 0 else a
-                                        for a, ax in zip(args, in_axes))))
-    return stack(outs)
+    take = lambda i, tree: jax.tree.map(lambda x: x[i], tree)
+    return stack([one(take(i, values), *(take(i, a) if ax == 0 else a
+                                          for a, ax in zip(args, in_axes)))
+                  for i in range(k)])
 
   return unrolled
+
+
+def over_devices(fn: Callable[..., Any], mesh: jax.sharding.Mesh,
+                 in_axes: tuple[int | None, ...]) -> Callable[..., Any]:
+  """`fn` (an `over_seeds` function) with its runs shared out over a runs mesh
+  (`parallel.runs_mesh`): each device applies it to its own runs, and no
+  value crosses between devices."""
+  spec = lambda ax: P(parallel.RUNS) if ax == 0 else P()
+  return jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec(ax) for ax in in_axes),
+                       out_specs=P(parallel.RUNS))
 
 
 def stack(trees: list[Any]) -> Any:
@@ -141,18 +141,31 @@ def make_steps(model: models.Net, tx: optax.GradientTransformation,
                teacher: distill.Teacher | None = None) -> Steps:
   """Jitted train and eval steps; the train steps donate state and metrics.
 
-  `mesh`: batches split across its devices. `stacked`: state, metrics and perm
-  carry a leading run axis and every run trains at once (`over_seeds`), each
-  with its values of `swept` ({key: one value per run}, `sweep.SWEEPABLE` keys)
-  and the optimizer built from them. `teacher`: every run distils from it.
+  `stacked`: state, metrics and perm carry a leading run axis and every run
+  trains at once (`over_seeds`), each with its values of `swept` ({key: one
+  value per run}, `sweep.SWEEPABLE` keys) and the optimizer built from them.
+  `mesh`: a 'data' mesh splits each batch across its devices; a 'runs' mesh
+  (stacked only) shares the runs out among them. `teacher`: every run distils
+  from it.
   """
-  sharding = parallel.batch_sharded(mesh) if mesh is not None else None
+  over_runs = mesh is not None and mesh.axis_names == (parallel.RUNS,)
+  if over_runs != (stacked and mesh is not None):
+    raise ValueError('stacked runs take a runs mesh, a single run a data mesh')
+  sharding = parallel.batch_sharded(mesh) if mesh is not None and not over_runs else None
   how = seed_parallelism(config.seed_parallelism, mesh)
+  # Each run's swept values, an argument of the programs (sharded as the runs).
+  values = {k: np.asarray(v) for k, v in (swept or {}).items()}
+  values = (parallel.put(values, parallel.runs_sharded(mesh)) if over_runs
+            else jax.tree.map(jnp.asarray, values))
+
+  def over(make_fn, in_axes):
+    fn = over_seeds(make_fn, config, in_axes, how)
+    return over_devices(fn, mesh, (0, *in_axes)) if over_runs else fn
   # None keeps the program of a run without clean epochs as it was.
   augmented_steps = (augmented_epochs(config) * steps_per_epoch
                      if config.augment.clean_epochs else None)
 
-  def step(state, metrics, images, labels, perm, start, teacher_variables, *,
+  def step(values, state, metrics, images, labels, perm, start, teacher_variables, *,
            batch_size):
     def make(run_config):
       # The optimizer's numeric hyperparameters live in each run's opt_state
@@ -164,13 +177,18 @@ def make_steps(model: models.Net, tx: optax.GradientTransformation,
                                teacher=teacher.model if teacher else None)
     args = (state, metrics, images, labels, perm, start, teacher_variables)
     if stacked:  # one teacher for every run
-      return over_seeds(make, config, (0, 0, None, None, 0, None, None), how, swept)(*args)
+      return over(make, (0, 0, None, None, 0, None, None))(values, *args)
     return make(config)(*args)
+
+  def many(values, state, metrics, images, labels, perm, starts, teacher_variables, *,
+           batch_size):
+    def body(carry, start):
+      return step(values, *carry, images, labels, perm, start, teacher_variables,
+                  batch_size=batch_size), None
+    return jax.lax.scan(body, (state, metrics), starts)[0]
 
   # Evaluation reads no swept key.
   evaluate_ = functools.partial(eval_step, model=model, config=config)
-  if stacked:
-    evaluate_ = over_seeds(lambda _, fn=evaluate_: fn, config, (0, None, None), how)
 
   def evaluate_all(state, images, labels):
     def body(totals, batch):
@@ -178,18 +196,15 @@ def make_steps(model: models.Net, tx: optax.GradientTransformation,
     first = evaluate_(state, images[0], labels[0])
     return jax.lax.scan(body, first, (images[1:], labels[1:]))[0]
 
-  def many(state, metrics, images, labels, perm, starts, teacher_variables, *,
-           batch_size):
-    def body(carry, start):
-      return step(*carry, images, labels, perm, start, teacher_variables,
-                  batch_size=batch_size), None
-    return jax.lax.scan(body, (state, metrics), starts)[0]
+  if stacked:
+    evaluate_all = functools.partial(
+        over(lambda _, fn=evaluate_all: fn, (0, None, None)), {})
 
   def jit(fn):
-    # The teacher's variables are an argument of the program, not constants
-    # compiled into it; without a teacher, None adds nothing to it.
+    # The swept values and the teacher's variables are arguments of the program,
+    # not constants compiled into it; without a teacher, None adds nothing.
     return functools.partial(
-        jax.jit(fn, static_argnames='batch_size', donate_argnums=(0, 1)),
+        jax.jit(fn, static_argnames='batch_size', donate_argnums=(1, 2)), values,
         teacher_variables=teacher.variables if teacher else None)
 
   return Steps(jit(step), jax.jit(evaluate_all), jit(many))

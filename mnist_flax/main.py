@@ -22,8 +22,11 @@ flags.DEFINE_multi_string(
     'in WORKDIR/<variant>/seed_S; the numeric keys in mnist_flax/sweep.py\'s '
     'SWEEPABLE.')
 flags.DEFINE_integer(
-    'cpu_devices', 0, 'Split the host CPU into this many JAX devices, to train '
-    'data-parallel over them (no effect on GPU/TPU runs); 0: JAX\'s default, one.')
+    'cpu_devices', -1, 'Split the host CPU into this many JAX devices (no effect '
+    'on GPU/TPU runs): one run splits its batches over them, many runs (seeds, a '
+    'sweep) are shared out among them. -1: one per core, the fastest measured '
+    '(a run whose batches do not split over all uses as many as split them); '
+    '0: JAX\'s default, one.')
 flags.DEFINE_bool('distributed', False, 'Multi-host: call '
                   'jax.distributed.initialize() (with the flags below, or the '
                   'cluster\'s environment) and train over every process\'s devices.')

@@ -1,10 +1,15 @@
-"""Data parallelism with `jax.sharding`: every device of every process.
+"""Every device of every process, with `jax.sharding`: one run's batches split
+over the devices, or many runs shared out among them.
 
-One `Mesh` with a 'data' axis over all devices (of all processes after
+One run: a `Mesh` with a 'data' axis over the devices (of all processes after
 `jax.distributed.initialize`). Each batch is split along that axis; the state
 and the uint8 dataset are replicated. Because BatchNorm's statistics are
 reductions over the whole (global) batch inside one jitted program, XLA inserts
 the all-reduces and the numbers do not depend on the device count.
+
+Many runs (K seeds, a sweep): a 'runs' axis over all devices. Each device
+trains its share of the runs, whole batches, on its own copy of the dataset,
+with no communication between runs (`epoch_loop.make_steps`).
 """
 
 from __future__ import annotations
@@ -22,10 +27,30 @@ import numpy as np
 from mnist_flax.errors import ConfigError, UserError
 
 AXIS = 'data'
+RUNS = 'runs'
+
+
+def cpu_cores() -> int:
+  """The cores this process may run on (a container's, not the host's)."""
+  try:
+    return len(os.sched_getaffinity(0))
+  except AttributeError:  # not on Linux
+    return os.cpu_count() or 1
+
+
+# Set by use_cpu_devices(-1): a run whose batches do not split over every
+# device uses as many as split them, instead of stopping.
+_fit_batches = False
 
 
 def use_cpu_devices(count: int) -> None:
-  """Splits the host CPU into `count` JAX devices. Must run before JAX starts."""
+  """Splits the host CPU into `count` JAX devices; -1: one per core (the
+  fastest setting measured, docs/performance.md). Must run before JAX starts.
+  Runs on a GPU or TPU train on those devices whatever this says."""
+  global _fit_batches
+  _fit_batches = count < 0
+  if count < 0:
+    count = cpu_cores()
   if count > 0:
     jax.config.update('jax_num_cpu_devices', count)
 
@@ -74,8 +99,38 @@ def wait_for_coordinator(address: str, timeout_s: float) -> None:
 
 
 def create_mesh() -> Mesh:
-  """A 1-D mesh over every device of every process."""
+  """A 1-D 'data' mesh over every device of every process."""
   return Mesh(np.array(jax.devices()), (AXIS,))
+
+
+def data_mesh(sizes: set[int]) -> Mesh:
+  """One run's mesh, for batches of `sizes`: every device, or after
+  `use_cpu_devices(-1)` on one process as many as split every batch evenly.
+  A device count asked for that does not split them is a one-line error."""
+  devices = jax.devices()
+  if _fit_batches and jax.process_count() == 1:
+    n = max(n for n in range(1, len(devices) + 1) if all(s % n == 0 for s in sizes))
+    devices = devices[:n]
+  mesh = Mesh(np.array(devices), (AXIS,))
+  check_batch_sizes(sizes, mesh)
+  return mesh
+
+
+def runs_mesh() -> Mesh:
+  """A 1-D 'runs' mesh over every device of every process."""
+  return Mesh(np.array(jax.devices()), (RUNS,))
+
+
+def runs_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading (run) axis split across a `runs_mesh`."""
+  return NamedSharding(mesh, P(RUNS))
+
+
+def padded_runs(runs: int, devices: int) -> int:
+  """`runs` rounded up to a multiple of `devices`: every device trains as many.
+  The extra runs copy the last one, train beside it and are discarded, so K
+  runs on D devices take the time of ceil(K / D) runs on one."""
+  return -(-runs // devices) * devices
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

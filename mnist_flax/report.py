@@ -28,9 +28,11 @@ def final_analysis(history: list[dict[str, Any]], target: float) -> dict[str, An
   last3 = [h['test_accuracy'] for h in history[-3:]]
   best = max(history, key=lambda h: h['test_accuracy'])
   average = float(np.mean(last3))
+  # Rounded: 99.38, 99.41 and 99.41 average to 99.39999999999999 in floats,
+  # and an average printed as the target meets it.
   return {'final3': last3, 'final3_average': average,
           'best_accuracy': best['test_accuracy'], 'best_epoch': best['epoch'],
-          'target': target, 'success': average >= target}
+          'target': target, 'success': round(average, 9) >= target}
 
 
 def eval_split(config: ml_collections.ConfigDict) -> str:

@@ -166,13 +166,16 @@ def train_seeds(config: ml_collections.ConfigDict, workdir: str,
   ds = data.load_for(config)
   num_train = len(ds.train_images)
   batches = epoch_loop.batch_starts(num_train, config.batch_size)
-  mesh = parallel.create_mesh()
-  parallel.check_batch_sizes({size for _, size in batches}, mesh)
+  run_configs = _run_configs(config, workdir, swept)
+  stacked = len(run_configs) > 1
+  # Many runs are shared out among the devices; one run splits its batches.
+  mesh = (parallel.runs_mesh() if stacked
+          else parallel.data_mesh({size for _, size in batches}))
   replicated = parallel.replicated(mesh)
   teacher = distill.load_teacher(config, replicated)
-  runs = [_Run(c, w, values, len(batches))
-          for c, w, values in _run_configs(config, workdir, swept)]
-  stacked = len(runs) > 1
+  runs = [_Run(c, w, values, len(batches)) for c, w, values in run_configs]
+  # Padding runs (copies of the last) give every device as many runs.
+  padding = parallel.padded_runs(len(runs), mesh.size) - len(runs) if stacked else 0
 
   # One program per variant: the optimizer's state holds its hyperparameters.
   creates = {}
@@ -199,11 +202,13 @@ def train_seeds(config: ml_collections.ConfigDict, workdir: str,
     if done < config.num_epochs:
       for run in runs:
         run.open()
-      per_run = {key: [run.values[key] for run in runs] for key in swept}
+      per_run = {key: [run.values[key] for run in runs + runs[-1:] * padding]
+                 for key in swept}
       steps = epoch_loop.make_steps(model, runs[0].optimizer.tx, config,
                                     len(batches), mesh, stacked, per_run, teacher)
-      _train_epochs(config, runs, stack(states) if stacked else states[0], ds,
-                    steps, batches, mesh)
+      state = (jax.jit(stack, out_shardings=parallel.runs_sharded(mesh))(
+          states + states[-1:] * padding) if stacked else states[0])
+      _train_epochs(config, runs, state, ds, steps, batches, mesh)
   finally:
     for run in runs:
       run.close()
@@ -237,17 +242,27 @@ def _train_epochs(config: ml_collections.ConfigDict, runs: list[_Run],
   # The whole dataset lives on every device as uint8; batches are gathered there.
   train_images, train_labels = parallel.put((ds.train_images, ds.train_labels),
                                             replicated)
+  # Runs keep their state, metrics and order on their own device; one run's
+  # evaluation batches are split like its training batches.
+  if stacked:
+    per_run, eval_sharding, eval_devices = parallel.runs_sharded(mesh), replicated, 1
+  else:
+    per_run, eval_sharding, eval_devices = replicated, parallel.eval_sharded(mesh), mesh.size
   eval_set = parallel.put(parallel.eval_batches(ds.test_images, ds.test_labels,
-                                                config.eval_batch_size, mesh.size),
-                          parallel.eval_sharded(mesh))
+                                                config.eval_batch_size, eval_devices),
+                          eval_sharding)
   num_train = len(ds.train_images)
   permute = functools.partial(epoch_permutation, num=num_train)
   zeros = zero_metrics
   if stacked:
     permute = jax.vmap(permute, in_axes=(0, None))
-    zeros = lambda: stack([zero_metrics()] * len(runs))
-  permute = jax.jit(permute, out_shardings=replicated)
-  zeros = jax.jit(zeros, out_shardings=replicated)
+    padded = len(jax.tree.leaves(state)[0])
+    zeros = lambda: stack([zero_metrics()] * padded)
+  permute = jax.jit(permute, out_shardings=per_run)
+  zeros = jax.jit(zeros, out_shardings=per_run)
+  # Every process reads every run (the logs, the checkpoints): one copy of each,
+  # gathered once an epoch.
+  gather = jax.jit(lambda tree: tree, out_shardings=replicated)
   per_dispatch = epoch_loop.steps_per_dispatch(config.steps_per_dispatch, mesh,
                                                len(batches))
   plan = epoch_loop.dispatch_plan(batches, config.batch_size, per_dispatch)
@@ -265,16 +280,18 @@ def _train_epochs(config: ml_collections.ConfigDict, runs: list[_Run],
       kill_switch.after_steps(first_step + 1, first_step + done)
       bar.update(done - bar.n)
       if config.progress_bar and done % 50 < per_dispatch:
-        m = unstack(jax.device_get(metrics), 0) if stacked else jax.device_get(metrics)
+        m = jax.device_get(gather(metrics))
+        m = unstack(m, 0) if stacked else m
         bar.set_postfix(loss=f'{m["loss"] / m["count"]:.4f}',
                         acc=f'{100 * m["correct"] / m["count"]:.2f}%')
 
     state, metrics = epoch_loop.train_epoch(steps, state, zeros(), train_images,
                                             train_labels, perm, plan, lockstep, progress)
     bar.close()
-    train_totals = jax.device_get(metrics)
-    test_totals = jax.device_get(steps.eval(state, *eval_set))
-    step = int(jax.device_get(state.step).flat[0])
+    train_totals = jax.device_get(gather(metrics))
+    test_totals = jax.device_get(gather(steps.eval(state, *eval_set)))
+    gathered = gather(state)
+    step = int(jax.device_get(gathered.step).flat[0])
     records = []
     for k, run in enumerate(runs):
       m = unstack(train_totals, k) if stacked else train_totals
@@ -291,7 +308,7 @@ def _train_epochs(config: ml_collections.ConfigDict, runs: list[_Run],
     save = epoch % config.checkpoint_every == 0 or epoch == config.num_epochs
     for k, (run, record) in enumerate(zip(runs, records)):
       run.history.append(record)
-      run.last_state = unstack(state, k) if stacked else state
+      run.last_state = unstack(gathered, k) if stacked else gathered
       if save:
         run.ckpts.save(step, run.last_state, {'epoch': epoch, 'history': run.history})
       if run.writer:

@@ -27,6 +27,17 @@ def test_bench_reports_every_measurement(big_fake_mnist_dir):
   assert table.splitlines()[0].startswith('machine: ')
 
 
+def test_runs_per_hour_ours_against_k_pytorch_processes(big_fake_mnist_dir):
+  rows = bench.runs_per_hour('v36', [2], 2560, big_fake_mnist_dir, verify=False,
+                             log=lambda _: None)
+  (row,) = rows
+  assert row['runs'] == 2 and len(row['torch_epoch_s']) == 2
+  assert row['jax_epoch_s'] > 0 and all(t > 0 for t in row['torch_epoch_s'])
+  # 2 runs of 2,560 images an epoch: 2 * 3600 / epoch_s run-epochs an hour, 1/351.6 of a run each.
+  assert row['jax_runs_per_hour'] == pytest.approx(2 * 3600 / row['jax_epoch_s'] / 351.5625)
+  assert bench.format_runs(rows).splitlines()[1].split()[:2] == ['v36', '2']
+
+
 def test_unknown_model_is_a_user_error():
   with pytest.raises(bench.UserError, match="no config for model 'v37'"):
     bench.load_config('v37')

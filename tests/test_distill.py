@@ -124,8 +124,9 @@ def test_bad_inputs_are_one_line_config_errors(data_dir, teacher_dir, tmp_path):
     assert not (tmp_path / 'student' / 'config.json').exists()
   # A teacher that trained on the student's validation images would leak them.
   config = _student(data_dir, teacher_dir, 0.5, validation_examples=56)
-  with pytest.raises(train.ConfigError, match='was trained with validation_examples=0, so it '
-                     "may have seen the student's 56 validation images"):
+  with pytest.raises(train.ConfigError, match='was trained with validation_examples=0, '
+                     "validation_split=last, so it may have seen the student's 56 "
+                     'validation images'):
     train.train_and_evaluate(config, str(tmp_path / 'student'))
   # A sweep checks each run's values.
   config = _student(data_dir, teacher_dir, 0.5)

@@ -8,8 +8,9 @@ package is installed into, and installs the package as its users do:
   still import, and TFDS reads MNIST there and in the test environment;
 - fresh with the tfds extra: whatever TensorFlow and protobuf pip chooses reads a
   real TFDS copy of MNIST;
-- bare: `pip install .` alone, with no TensorFlow: IDX files train, and the TFDS
-  path says in one line what to install.
+- bare: `pip install .` alone, with no TensorFlow: IDX files train, the TFDS
+  path and export say in one line what to install;
+- fresh with the export extra: every export format, run back in its runtime.
 """
 
 from __future__ import annotations
@@ -201,3 +202,48 @@ def test_bare_install_trains_on_idx_files_and_names_the_tfds_extra(
       "error: the TFDS data path needs TensorFlow Datasets and TensorFlow (No module "
       "named 'tensorflow_datasets'): pip install 'mnist_flax[tfds]', or pass "
       "--config.data_dir=DIR with the four IDX files"]
+  # Export names its extra in one line (jax.export needs flatbuffers too).
+  for fmt, module in (('litert', 'tensorflow'), ('onnx', 'onnx'),
+                      ('stablehlo', 'flatbuffers')):
+    run = _run(python, '-m', 'mnist_flax.export', f'--workdir={tmp_path / "idx"}',
+               f'--format={fmt}', f'--out={tmp_path / "m"}', cwd=checkout,
+               env=_clean_env(), check=False)
+    assert run.returncode == 1
+    assert run.stderr.strip().splitlines() == [
+        f"error: --format={fmt} needs {module}, in the export extra: "
+        "pip install 'mnist_flax[export]'"]
+
+
+def test_export_extra_installs_fresh_and_runs_every_format(
+    checkout, fake_mnist_dir, tmp_path):
+  """`pip install '.[export]'` into a fresh environment: pip check is clean, the
+  full TensorFlow and not tensorflow-cpu, and each format and quantization is
+  written, run back in its runtime and, in float32, predicts as JAX does."""
+  python = _venv(tmp_path / 'venv', f'{checkout}[export]')
+  versions = _versions(python)
+  print(', '.join(f'{name} {versions.get(name)}' for name in (
+      'tensorflow', 'ai-edge-litert', 'onnx', 'onnxruntime', 'jax', 'protobuf')))
+  assert 'tensorflow' in versions and 'tensorflow-cpu' not in versions
+  check = _run(python, '-m', 'pip', 'check', check=False)
+  assert check.returncode == 0, check.stdout
+  workdir = str(tmp_path / 'w')
+  run = _run(python, '-m', 'mnist_flax.main', '--config=configs/tiny.py',
+             '--config.num_epochs=1', '--config.progress_bar=False',
+             f'--workdir={workdir}', f'--config.data_dir={fake_mnist_dir}',
+             '--config.verify_checksums=False', cwd=checkout, env=_clean_env(),
+             check=False)
+  assert run.returncode == 0, run.stderr[-3000:]
+  for fmt, quantize, suffix in (('litert', 'float32', 'tflite'), ('litert', 'int8', 'tflite'),
+                                ('onnx', 'float32', 'onnx'), ('onnx', 'int8', 'onnx'),
+                                ('stablehlo', 'float32', 'stablehlo')):
+    out = str(tmp_path / f'{fmt}_{quantize}.{suffix}')
+    run = _run(python, '-m', 'mnist_flax.export', f'--workdir={workdir}',
+               f'--format={fmt}', f'--quantize={quantize}', f'--out={out}',
+               *(['--c_array'] if fmt == 'litert' else []),
+               cwd=checkout, env=_clean_env(), check=False)
+    assert run.returncode == 0, (fmt, quantize, run.stderr[-3000:])
+    print(run.stdout)
+    with open(out + '.json') as f:
+      row = json.load(f)['rows'][1]
+    if quantize == 'float32':
+      assert row['differing_predictions'] == 0 and row['max_abs_logit_diff'] <= 1e-5

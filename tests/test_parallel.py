@@ -80,7 +80,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope='module')
 def one_device(data_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('one') / 'w'
-  assert '1 x cpu' in _train(workdir, data_dir)
+  assert '1 x cpu' in _train(workdir, data_dir, '--cpu_devices=1')
   return workdir
 
 
@@ -98,7 +98,7 @@ def test_two_processes_equal_one(data_dir, one_device, tmp_path):
     s.bind(('localhost', 0))
     port = s.getsockname()[1]
   workdir = tmp_path / 'w'
-  processes = [_launch(workdir, data_dir, '--distributed',
+  processes = [_launch(workdir, data_dir, '--distributed', '--cpu_devices=1',
                        f'--coordinator=localhost:{port}', '--num_processes=2',
                        f'--process_id={i}') for i in range(2)]
   outputs = [_finish(p) for p in processes]

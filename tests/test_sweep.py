@@ -27,10 +27,12 @@ def _strip(history):
 
 
 def test_every_run_of_a_sweep_equals_its_single_run(fake_mnist_dir, tmp_path, capsys):
-  # The plumbing (workdirs, labels, sweep.csv) in CPU's unrolled form, where
-  # each run traces its own concrete config. Vmapped runs with traced values
-  # are checked to float64 rounding below: in float32 they drift up to 7e-4
-  # (relative) from their single runs in 8 steps, as vmapped seeds do.
+  # The plumbing (workdirs, labels, sweep.csv) in CPU's unrolled form. Each
+  # run's values are traced (so that runs can be shared out over devices), and
+  # XLA rounds a traced rate's products differently from a constant's: in
+  # float32 the runs drift up to 6e-5 (relative) from their single runs in 8
+  # steps, as vmapped seeds do (up to 7e-4), so a loose tolerance here, and
+  # float64 below, where they agree to rounding.
   def make(**overrides):
     c = small_config(fake_mnist_dir, epochs=2, **overrides)
     c.schedule.name, c.optimizer.learning_rate = 'constant', 0.01
@@ -45,11 +47,11 @@ def test_every_run_of_a_sweep_equals_its_single_run(fake_mnist_dir, tmp_path, ca
     single_config = make(label_smoothing=ls)
     single_config.optimizer.learning_rate = lr
     single = train.train_and_evaluate(single_config, str(tmp_path / f'{lr}_{ls}'))
-    _assert_close(result.state.variables, single.state.variables, 1e-5)
+    _assert_close(result.state.variables, single.state.variables, 1e-3)
     for a, b in zip(result.history, single.history, strict=True):
       assert a['test_accuracy'] == b['test_accuracy']
       assert a['learning_rate'] == b['learning_rate']
-      assert a['train_loss'] == pytest.approx(b['train_loss'], rel=1e-5)
+      assert a['train_loss'] == pytest.approx(b['train_loss'], rel=1e-4)
     run_dir = (tmp_path / 'sweep' / f'optimizer.learning_rate={lr!r},label_smoothing={ls!r}'
                / 'seed_0')
     assert (run_dir / 'metrics.jsonl').exists() and (run_dir / 'config.json').exists()
@@ -63,11 +65,13 @@ def test_every_run_of_a_sweep_equals_its_single_run(fake_mnist_dir, tmp_path, ca
   assert re.search(r'seeds +mean +std +worst', out)
 
 
-def test_swept_steps_equal_single_steps_in_float64():
+@pytest.mark.parametrize('how', ['vmap', 'unroll'])
+def test_swept_steps_equal_single_steps_in_float64(how):
   """V36's OneCycle schedule, weight decay, warp and label smoothing traced per
-  run, vmapped, against each run's own concrete config: equal to float64 rounding."""
+  run, vmapped or unrolled, against each run's own concrete config: equal to
+  float64 rounding."""
   config = v36.get_config()
-  config.seed_parallelism = 'vmap'
+  config.seed_parallelism = how
   model = models.create_model('v36')
   runs = [{'schedule.max_lr': 0.05, 'optimizer.weight_decay': 5e-5, 'augment.degrees': 5.0,
            'label_smoothing': 0.0},

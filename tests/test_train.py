@@ -54,6 +54,10 @@ def test_final_analysis():
   assert result['success'] and result['best_epoch'] == 2
   assert not report.final_analysis(history[:3], 99.4)['success']
   assert 'STATUS: SUCCESS' in report.format_analysis(result)
+  # An average equal to the target in decimals, just under it in floats.
+  exact = [{'epoch': e, 'test_accuracy': 100 * c / 10000}
+           for e, c in enumerate([9938, 9941, 9941], 1)]
+  assert report.final_analysis(exact, 99.4)['success']
 
 
 def test_train_step_updates_params_batch_stats_and_step():

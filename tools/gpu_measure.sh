@@ -12,6 +12,8 @@
 #                                                       # unpacked)
 #   bash tools/gpu_measure.sh kd OUT MNIST_DIR          # issue 21's distillation track
 #   bash tools/gpu_measure.sh pad OUT MNIST_DIR PRIOR   # issue 21's padded layouts (PRIOR as for 21)
+#   bash tools/gpu_measure.sh writers OUT MNIST_DIR     # the writer split's judge check (MNIST_DIR
+#                                                       # holds QMNIST's writer file too)
 #   bash tools/gpu_measure.sh '19 21' OUT MNIST_DIR     # several phases, in one call
 #   STEPS='k1 k8' bash tools/gpu_measure.sh ...         # only the steps named
 #   TINY=1 bash tools/gpu_measure.sh ...                # the same steps on CPU, tiny
@@ -31,6 +33,9 @@
 # Phase pad: V36's layout with conv1..conv3 padded (v36pad, v36pad_tiny: the
 # incumbents' widths and parameters) on the validation split, 12 seeds each,
 # against PRIOR's incumbent arms; a challenger that wins goes to the test set.
+# Phase writers: Model 3 (its recipe), the champion's unpadded network and
+# v36pad on the validation split by writer, 8 seeds each (0-7), one program
+# each; docs/research.md has the rule, written before any run.
 # Phase kd: a teacher (v36:16-24-32-48-48, 46,066 params) trained on the
 # validation split's 50,000 images; the champion distilled from it, a sweep of
 # distill.alpha 0, 0.5, 0.9 x 12 seeds on validation; the teacher on all 60,000;
@@ -173,6 +178,14 @@ if [[ " $phase " == *" pad "* ]]; then
     --config.num_seeds="$(seeds 12)" --sweep=augment.cutout=0
   confirm confirm_v36pad_tiny tiny "$prior/runs/screen_tiny" "$work/runs/screen_v36pad_tiny"
   NEW_ONLY=
+fi
+if [[ " $phase " == *" writers "* ]]; then
+  writers=("${validation[@]}" --config.validation_split=writers --config.num_seeds="$(seeds 8)")
+  train writers_model3 model3 "${writers[@]}"
+  train writers_unpadded champion --config.model=v36:8-12-14-18-16 "${writers[@]}"
+  train writers_v36pad champion "${writers[@]}"
+  python3 tools/run_summary.py "$work"/runs/writers_* > "$work/writers_runs.json" \
+    2> "$work/logs/writers_summary.log"
 fi
 if [[ " $phase " == *" kd "* ]]; then
   teacher=(--config.model=v36:16-24-32-48-48 --config.seed=100)

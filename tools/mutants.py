@@ -38,6 +38,7 @@ _ANGLES = _AUGMENT + 'test_rotation_angle_stays_within_degrees_and_covers_them'
 _SHIFTS = _AUGMENT + 'test_shift_of_a_bright_pixel_reaches_round_translate_times_28_and_no_more'
 _TORCH_AUGMENT = _AUGMENT + 'test_torch_augmentation_draws_the_same_distribution'
 _BATCHNORM = 'tests/test_architectures.py::test_batchnorm_matches_torch'
+_FOLD = 'tests/test_export.py::test_folded_graph_equals_the_flax_model'
 
 MUTANTS = (
     Mutant('shuffle ignores the epoch', 'mnist_flax/jit_steps.py',
@@ -59,8 +60,8 @@ MUTANTS = (
            'jax.random.fold_in(state.rng, 1)',
            (_RANDOM + 'test_each_step_gets_its_own_warps_and_a_restored_step_the_same',)),
     Mutant("the train step warps with the run's key, not the step's",
-           'mnist_flax/jit_steps.py', 'augment.random_affine(_augment_key(state), x,',
-           'augment.random_affine(state.rng, x,',
+           'mnist_flax/jit_steps.py', 'warped = augment.random_affine(key, x,',
+           'warped = augment.random_affine(state.rng, x,',
            (_RANDOM + 'test_train_step_warps_with_the_step_s_key',)),
     Mutant('rotation ignored', 'mnist_flax/augment.py', 'angles = jnp.deg2rad(',
            'angles = 0 * jnp.deg2rad(', (_ANGLES,)),
@@ -83,20 +84,35 @@ MUTANTS = (
     Mutant('BatchNorm eps 1e-3', 'mnist_flax/models.py',
            'rsqrt(var + self.epsilon)', 'rsqrt(var + 1e-3)', (_BATCHNORM,)),
     Mutant('label smoothing ignored', 'mnist_flax/jit_steps.py',
-           '  if not label_smoothing:', '  if True:',
+           '  if isinstance(label_smoothing, (int, float)) and not label_smoothing:',
+           '  if True:',
            ('tests/test_train.py::test_cross_entropy_matches_torch_label_smoothing',)),
     Mutant("StepLR's gamma ignored", 'mnist_flax/optim.py',
-           'gamma, staircase=True)', '1.0, staircase=True)',
+           'learning_rate * gamma ** jnp.floor', 'learning_rate * 1.0 ** jnp.floor',
            ('tests/test_optim.py::test_whole_runs_match_torch_every_step',)),
     Mutant("OneCycle's warm-up a step longer", 'mnist_flax/optim.py',
            'warm_end = float(pct_start * total_steps) - 1',
            'warm_end = float(pct_start * total_steps)',
            ('tests/test_optim.py::test_whole_runs_match_torch_every_step',)),
+    Mutant("held-out writers' digits trained on", 'mnist_flax/data.py',
+           'ds = Dataset(ds.train_images[~held], ds.train_labels[~held],',
+           'ds = Dataset(ds.train_images, ds.train_labels,',
+           ('tests/test_writers.py::test_no_held_out_writer_trains_and_the_split_is_fixed',)),
+    Mutant("a sweep's runs shared out over devices with their values shifted by the padding",
+           'mnist_flax/train.py', 'for run in runs + runs[-1:] * padding]',
+           'for run in runs[-1:] * padding + runs]',
+           ('tests/test_runs_axis.py::test_sweep_runs_shared_out_over_devices_equal_single_runs[2]',)),
     Mutant("Adam's weight decay ignored", 'mnist_flax/optim.py',
            'return optax.chain(optax.add_decayed_weights(weight_decay),\n'
            '                     optax.scale_by_adam',
            'return optax.chain(optax.scale_by_adam',
            ('tests/test_optim.py::test_adam_step_lr_matches_torch',)),
+    Mutant("BatchNorm folded without its running mean", 'mnist_flax/export.py',
+           "- np.asarray(stats[layer.name]['mean'], np.float64) * s)", ')',
+           (_FOLD,)),
+    Mutant('int8 calibrated on test images', 'mnist_flax/export.py',
+           '  train = ds.train_images\n', '  train = ds.test_images\n',
+           ('tests/test_export.py::test_calibration_reads_only_training_images',)),
 )
 
 
