@@ -102,6 +102,10 @@ MUTANTS = (
            'mnist_flax/train.py', 'for run in runs + runs[-1:] * padding]',
            'for run in runs[-1:] * padding + runs]',
            ('tests/test_runs_axis.py::test_sweep_runs_shared_out_over_devices_equal_single_runs[2]',)),
+    Mutant("a user's Conv2d imported without its padding", 'mnist_flax/torch_import.py',
+           'self.layers.append(arch.Conv(path, m.out_channels, kernel, padding,',
+           'self.layers.append(arch.Conv(path, m.out_channels, kernel, 0,',
+           ('tests/test_torch_import.py::test_counts_and_logits_equal_torch',)),
     Mutant("Adam's weight decay ignored", 'mnist_flax/optim.py',
            'return optax.chain(optax.add_decayed_weights(weight_decay),\n'
            '                     optax.scale_by_adam',
