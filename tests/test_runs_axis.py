@@ -16,9 +16,14 @@ from test_parallel import (BATCH, ROOT, STEPS, _assert_close, _finish, _history,
                            _train, _variables, data_dir)  # pylint: disable=unused-import
 
 
+# Three runs: over 2 devices one device trains a padding run, over 8 five do.
+# The swept key is read inside the step (a weight decay would be baked into
+# each run's optimizer state instead), so each device must get its runs' values.
+DEGREES = ('0.0', '7.0', '15.0')
+
+
 def _sweep_flags(epochs: int = 2):
-  # Three runs: over 2 devices one device trains a padding run, over 8 five do.
-  return ('--sweep=optimizer.weight_decay=0.0,0.001,0.01', f'--config.num_epochs={epochs}')
+  return (f'--sweep=augment.degrees={",".join(DEGREES)}', f'--config.num_epochs={epochs}')
 
 
 @pytest.fixture(scope='module')
@@ -40,14 +45,14 @@ def test_sweep_runs_shared_out_over_devices_equal_single_runs(
     assert f'{devices} x cpu' in _train(workdir, data_dir, f'--cpu_devices={devices}',
                                         *_sweep_flags())
   variants = sorted(os.listdir(workdir))
-  assert variants == ['optimizer.weight_decay=0.0', 'optimizer.weight_decay=0.001',
-                      'optimizer.weight_decay=0.01', 'sweep.csv']  # no padding run written
-  for wd in ('0.0', '0.01'):
+  # No padding run written.
+  assert variants == sorted([*(f'augment.degrees={d}' for d in DEGREES), 'sweep.csv'])
+  for degrees in (DEGREES[0], DEGREES[2]):
     single = small_config(data_dir, epochs=2, train_examples=STEPS * BATCH, batch_size=BATCH)
     single.schedule.name, single.optimizer.learning_rate = 'constant', 0.01
-    single.optimizer.weight_decay = float(wd)
-    alone = train.train_and_evaluate(single, str(tmp_path / f'alone{wd}'))
-    run = workdir / f'optimizer.weight_decay={wd}' / 'seed_0'
+    single.augment.degrees = float(degrees)
+    alone = train.train_and_evaluate(single, str(tmp_path / f'alone{degrees}'))
+    run = workdir / f'augment.degrees={degrees}' / 'seed_0'
     _assert_close(_variables(run), alone.state.variables, 1e-5)
     assert _history(run)[-1]['test_accuracy'] == alone.history[-1]['test_accuracy']
 
@@ -56,11 +61,11 @@ def test_sharded_sweep_resumes_where_every_run_saved(data_dir, sharded_over_two,
   workdir = tmp_path / 'cut'
   shutil.copytree(sharded_over_two, workdir)
   # Killed after two runs saved epoch 2 and before the third did.
-  last = workdir / 'optimizer.weight_decay=0.01' / 'seed_0' / 'checkpoints'
+  last = workdir / f'augment.degrees={DEGREES[2]}' / 'seed_0' / 'checkpoints'
   shutil.rmtree(last / str(2 * STEPS))
   out = _train(workdir, data_dir, '--cpu_devices=2', *_sweep_flags())
   assert f'Resuming from the checkpoint of epoch 1 (step {STEPS})' in out
-  for variant in ('optimizer.weight_decay=0.0', 'optimizer.weight_decay=0.01'):
+  for variant in (f'augment.degrees={DEGREES[0]}', f'augment.degrees={DEGREES[2]}'):
     strip = lambda h: [{k: v for k, v in r.items() if k != 'epoch_time_s'} for r in h]
     assert strip(_history(workdir / variant / 'seed_0')) == strip(
         _history(sharded_over_two / variant / 'seed_0'))
@@ -100,6 +105,6 @@ def test_sweep_over_two_processes_equals_one_process(data_dir, sharded_over_two,
                        f'--process_id={i}', *_sweep_flags()) for i in range(2)]
   outputs = [_finish(p) for p in processes]
   assert '2 x cpu (cpu) over 2 processes' in outputs[0]
-  for wd in ('0.0', '0.001', '0.01'):
-    run = f'optimizer.weight_decay={wd}/seed_0'
+  for degrees in DEGREES:
+    run = f'augment.degrees={degrees}/seed_0'
     _assert_close(_variables(workdir / run), _variables(sharded_over_two / run), 1e-6)
