@@ -1,9 +1,9 @@
 """Many runs in one program: `--sweep=KEY=V1,V2` over numeric config keys.
 
 Every combination of the swept values, times every seed, trains at once in one
-jitted program (`epoch_loop.make_steps`): vmapped on accelerators, with the
-swept values as traced arrays, and unrolled on CPU, each run with its own
-concrete config. Each run keeps an ordinary workdir, WORKDIR/<variant>/seed_S.
+jitted program (`epoch_loop.make_steps`), the runs shared out over the devices,
+each with its swept values as traced arrays: vmapped on accelerators, unrolled
+on CPU. Each run keeps an ordinary workdir, WORKDIR/<variant>/seed_S.
 """
 
 from __future__ import annotations
