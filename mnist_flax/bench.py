@@ -59,10 +59,6 @@ def load_config(model: str, model_kwargs: str = '') -> ml_collections.ConfigDict
   return runpy.run_path(os.path.join(_CONFIGS, f'{model}.py'))['get_config']()
 
 
-def threads() -> int:
-  return len(os.sched_getaffinity(0))
-
-
 def machine() -> dict[str, Any]:
   cpu = platform.processor()
   try:
@@ -72,7 +68,7 @@ def machine() -> dict[str, Any]:
   except (OSError, StopIteration):
     pass
   torch = torch_interop.require_torch()
-  return {'cpu': cpu, 'cores': threads(), 'jax': jax.__version__,
+  return {'cpu': cpu, 'cores': parallel.cpu_cores(), 'jax': jax.__version__,
           'jax_devices': f'{jax.device_count()} x {jax.devices()[0].device_kind}',
           'torch': torch.__version__, 'python': platform.python_version()}
 
@@ -151,7 +147,7 @@ class Torch:
   def __init__(self, config, num_examples: int, compiled: bool = False):
     """num_examples: training images an epoch, which set the schedule's length."""
     self.torch = torch = torch_interop.require_torch()
-    torch.set_num_threads(threads())
+    torch.set_num_threads(parallel.cpu_cores())
     torch.manual_seed(0)
     self.config = config
     self.net = torch_interop.torch_model(config.model, config.bn_momentum,
@@ -316,7 +312,8 @@ def runs_per_hour(model: str, ks: list[int], examples: int, data_dir: str,
       raise RuntimeError(ours.stderr[-2000:])
     ours_s = _second_epoch_s(ours.stdout)
     children = [subprocess.Popen(
-        [sys.executable, '-m', 'mnist_flax.bench', f'--torch_child_threads={max(1, threads() // k)}',
+        [sys.executable, '-m', 'mnist_flax.bench',
+         f'--torch_child_threads={max(1, parallel.cpu_cores() // k)}',
          f'--models={model}', f'--data_dir={data_dir}', f'--runs_examples={examples}',
          f'--verify_checksums={verify}'],
         cwd=_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -40,6 +40,21 @@ def _launch(workdir, data_dir, *flags):
       cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def _launch_two_processes(workdirs, data_dir, *flags):
+  """Processes 0 and 1 of one `--distributed` run (one device each), in
+  workdirs[0] and workdirs[1]."""
+  port = _free_port()
+  return [_launch(workdirs[i], data_dir, '--distributed', '--cpu_devices=1',
+                  f'--coordinator=localhost:{port}', '--num_processes=2',
+                  f'--process_id={i}', *flags) for i in range(2)]
+
+
 def _finish(process):
   out, err = process.communicate(timeout=300)
   assert process.returncode == 0, err[-3000:]
@@ -94,14 +109,8 @@ def test_eight_devices_equal_one(data_dir, one_device, tmp_path):
 
 
 def test_two_processes_equal_one(data_dir, one_device, tmp_path):
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
   workdir = tmp_path / 'w'
-  processes = [_launch(workdir, data_dir, '--distributed', '--cpu_devices=1',
-                       f'--coordinator=localhost:{port}', '--num_processes=2',
-                       f'--process_id={i}') for i in range(2)]
-  outputs = [_finish(p) for p in processes]
+  outputs = [_finish(p) for p in _launch_two_processes([workdir] * 2, data_dir)]
   assert '2 x cpu (cpu) over 2 processes' in outputs[0]
   assert 'Epoch  1/1' in outputs[0] and 'Epoch' not in outputs[1]  # one log
   _assert_close(_params(workdir), _params(one_device), 1e-5)
@@ -110,13 +119,8 @@ def test_two_processes_equal_one(data_dir, one_device, tmp_path):
 def test_processes_with_their_own_workdirs_stop_in_one_line(data_dir, tmp_path):
   # As on two hosts without a shared filesystem: orbax would wait 600 s for the
   # folder process 0 creates, then raise.
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
   start = time.monotonic()
-  processes = [_launch(tmp_path / f'w{i}', data_dir, '--distributed',
-                       f'--coordinator=localhost:{port}', '--num_processes=2',
-                       f'--process_id={i}') for i in range(2)]
+  processes = _launch_two_processes([tmp_path / 'w0', tmp_path / 'w1'], data_dir)
   for i, process in enumerate(processes):
     _, err = process.communicate(timeout=60)
     assert process.returncode == 1, err[-3000:]
@@ -230,9 +234,7 @@ def test_k_seeds_resume_from_the_last_epoch_every_seed_saved(fake_mnist_dir, tmp
 
 
 def test_unreachable_coordinator_is_a_one_line_error_in_seconds():
-  with socket.socket() as s:  # a port nobody listens on
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
+  port = _free_port()  # nobody listens on it
   with pytest.raises(UserError, match=rf'no coordinator at localhost:{port} after 1 s'):
     parallel.wait_for_coordinator(f'localhost:{port}', 1)
   with pytest.raises(UserError, match='is not HOST:PORT'):

@@ -3,7 +3,6 @@ mesh axis), and the CPU's default devices."""
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -12,8 +11,9 @@ import pytest
 from mnist_flax import parallel, train
 from conftest import small_config
 # The CLI runs and fake data of the data-parallel tests.
-from test_parallel import (BATCH, ROOT, STEPS, _assert_close, _finish, _history, _launch,
-                           _train, _variables, data_dir)  # pylint: disable=unused-import
+from test_parallel import (BATCH, ROOT, STEPS, _assert_close, _finish, _history,
+                           _launch_two_processes, _train, _variables,
+                           data_dir)  # pylint: disable=unused-import
 
 
 # Three runs: over 2 devices one device trains a padding run, over 8 five do.
@@ -96,14 +96,9 @@ def test_default_devices_split_what_they_can(tmp_path):
 def test_sweep_over_two_processes_equals_one_process(data_dir, sharded_over_two, tmp_path):
   """The runs axis spans the devices of every process: two processes of one
   device each train what one process of two devices trains."""
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    port = s.getsockname()[1]
   workdir = tmp_path / 'w'
-  processes = [_launch(workdir, data_dir, '--distributed', '--cpu_devices=1',
-                       f'--coordinator=localhost:{port}', '--num_processes=2',
-                       f'--process_id={i}', *_sweep_flags()) for i in range(2)]
-  outputs = [_finish(p) for p in processes]
+  outputs = [_finish(p) for p in _launch_two_processes([workdir] * 2, data_dir,
+                                                       *_sweep_flags())]
   assert '2 x cpu (cpu) over 2 processes' in outputs[0]
   for degrees in DEGREES:
     run = f'augment.degrees={degrees}/seed_0'
