@@ -197,6 +197,31 @@ def _model_3(channels: tuple[int, ...] = MODEL3_CHANNELS) -> Network:
           GlobalAvgPool(), Conv('conv_final', 10, kernel=1))
 
 
+def _eva6() -> Network:
+  """Anchor A, vivek-a81/EVA6's Session5 Model4 (docs/anchors.md, A.2): valid
+  convs, dropout after every 3x3 block, and a head after GAP: a 1x1 conv,
+  BatchNorm (over the batch of 1x1 maps), ReLU, dropout, a bias-free 1x1 conv."""
+  drop = Dropout(0.025)
+  return (*block(1, 8), drop, *block(2, 16), drop, MaxPool(),
+          *block(3, 8, kernel=1),
+          *block(4, 12), drop, *block(5, 16), drop, *block(6, 20), drop,
+          GlobalAvgPool(), *block(7, 16, kernel=1), drop,
+          Conv('conv_final', 10, kernel=1))
+
+
+def _woolly() -> Network:
+  """Anchor B, adilsammar/woolly-of-cv's 3,762-parameter Net (docs/anchors.md,
+  B.2): three blocks of three padded, biased 3x3 convs (4, 8, 8 channels), the
+  first two pooled and followed by dropout, then GAP and a biased 1x1 conv."""
+  def three(first: int, features: int) -> Network:
+    return tuple(part for i in range(first, first + 3)
+                 for part in block(i, features, padding=1, bias=True))
+
+  drop = Dropout(0.01)
+  return (*three(1, 4), MaxPool(), drop, *three(4, 8), MaxPool(), drop,
+          *three(7, 8), GlobalAvgPool(), Conv('conv_final', 10, kernel=1, bias=True))
+
+
 NETWORKS: dict[str, Network] = {
     # The training log's 6,260 parameters need a bias on conv1..conv5.
     'v36': _v36(bias=True),
@@ -220,6 +245,9 @@ NETWORKS: dict[str, Network] = {
     # the same parameters): 7,682 and 3,856.
     'v36pad': _v36(bias=True, channels=(8, 12, 14, 18, 16), early_padding=1),
     'v36pad_tiny': _v36(bias=True, channels=(6, 8, 10, 12, 12), early_padding=1),
+    # The public anchors (docs/anchors.md): 7,496 and 3,762.
+    'eva6': _eva6(),
+    'woolly': _woolly(),
 }
 
 

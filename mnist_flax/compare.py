@@ -112,8 +112,9 @@ def train_torch(config: ml_collections.ConfigDict, ds: data.Dataset,
 def _identical_inputs(config: ml_collections.ConfigDict, ds: data.Dataset, steps: int):
   """Identical start's config (no augmentation), first batches, epoch length, order."""
   config = copy.deepcopy(config)
-  config.augment.degrees = config.augment.translate = 0.0
-  config.augment.cutout = 0
+  aug = config.augment
+  aug.degrees = aug.translate = aug.scale = aug.brightness = aug.contrast = 0.0
+  aug.cutout = 0
   all_batches = epoch_loop.batch_starts(len(ds.train_images), config.batch_size)
   perm = np.random.default_rng(config.seed).permutation(len(ds.train_images))
   return config, all_batches[:steps], len(all_batches), perm

@@ -11,7 +11,8 @@ def base_config() -> ml_collections.ConfigDict:
                             # file (which runs that file's code; docs/interop.md)
   c.model_kwargs = ''       # torch: models only: CLASS's constructor arguments as
                             # a JSON object, e.g. '{"width": 8}'; '' = none
-  c.init = 'torch'          # 'torch': PyTorch's default init; 'flax': Flax's
+  c.init = 'torch'          # 'torch': PyTorch's default init; 'flax': Flax's;
+                            # 'xavier': Xavier-uniform convs, zero conv biases
   c.precision = 'default'   # 'default' (TF32 convolutions on recent GPUs),
                             # 'float32' (full) or 'bfloat16' (models.PRECISIONS)
   c.bn_momentum = 0.1       # BatchNorm's, as PyTorch's: running statistics
@@ -39,6 +40,19 @@ def base_config() -> ml_collections.ConfigDict:
   c.augment.clean_epochs = 0   # the last N epochs train on un-augmented images
   c.augment.cutout = 0         # > 0: black out one square of this side (pixels)
                                # per image after the warp (DeVries & Taylor)
+  # The public anchors' additions (docs/anchors.md); the defaults change nothing.
+  c.augment.scale = 0.0        # zoom drawn from [1 - scale, 1 + scale]
+  c.augment.integer_shift = True  # round shifts to whole pixels (torchvision);
+                                  # False: sub-pixel (albumentations)
+  c.augment.fill = 0.0         # the raw intensity in [0, 1] outside the image
+  c.augment.border = 'constant'  # 'constant' (fill) or 'reflect' (OpenCV's
+                                 # BORDER_REFLECT_101, albumentations' default)
+  c.augment.warp_p = 1.0       # each image is warped with this probability
+  c.augment.brightness = 0.0   # jitter: torchvision's factor U(1 - b, 1 + b), or
+  c.augment.contrast = 0.0     # albumentations' limits (augment.py)
+  c.augment.jitter = 'torchvision'  # 'torchvision': ColorJitter before the warp;
+                                    # 'albumentations': RandomBrightnessContrast after it
+  c.augment.jitter_p = 1.0     # each image is jittered with this probability
 
   c.label_smoothing = 0.0   # as PyTorch's CrossEntropyLoss; the reported
                             # train loss stays the plain cross-entropy
@@ -66,7 +80,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer.eps = 1e-8
 
   c.schedule = ml_collections.ConfigDict()
-  c.schedule.name = 'constant'       # 'onecycle', 'step' or 'constant'
+  c.schedule.name = 'constant'       # 'onecycle', 'step', 'constant' or 'piecewise'
   c.schedule.max_lr = 0.05           # onecycle: PyTorch OneCycleLR's arguments
   c.schedule.pct_start = 0.3
   c.schedule.div_factor = 25.0
@@ -76,6 +90,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.schedule.max_momentum = 0.95
   c.schedule.step_size = 8           # step: StepLR, in epochs
   c.schedule.gamma = 0.1
+  c.schedule.knots = ''              # piecewise: 'EPOCH:LR,EPOCH:LR,...', the
+                                     # straight lines through them give each epoch's LR
 
   # Knowledge distillation (Hinton et al.), a separate track: the student keeps
   # the parameter and epoch rules; the teacher's training is extra compute.

@@ -179,10 +179,7 @@ def train_step(state: TrainState, metrics: Metrics, images: jax.Array,
     idx = jax.lax.with_sharding_constraint(idx, batch_sharding)
   x = to_unit(images[idx])
   y = labels[idx]
-  aug = config.augment
-  key = _augment_key(state)
-  warped = augment.random_affine(key, x, aug.degrees, aug.translate, aug.interpolation)
-  warped = augment.cutout(key, warped, aug.cutout)
+  warped = augment.augment(_augment_key(state), x, config.augment)
   x = (warped if augmented_steps is None
        else jnp.where(state.step < augmented_steps, warped, x))
   # Without the barrier XLA fuses the warp into conv1's input and the V36 step

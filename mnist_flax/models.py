@@ -39,7 +39,22 @@ def torch_conv_init(fan_in: int) -> tuple[Initializer, Initializer]:
   return uniform, uniform
 
 
-INITS = ('torch', 'flax')
+def xavier_conv_init(fan_in: int, fan_out: int) -> tuple[Initializer, Initializer]:
+  """`nn.init.xavier_uniform_` on a conv's weight, U(-a, a) with
+  a = sqrt(6 / (fan_in + fan_out)), and a zero bias: woolly-of-cv's
+  initialize_weights (docs/anchors.md, B.3)."""
+  bound = math.sqrt(6.0 / (fan_in + fan_out))
+
+  def uniform(key, shape, dtype=jnp.float32):  # drawn flat, as in flat_draw
+    return jax.random.uniform(key, (math.prod(shape),), dtype, -bound, bound
+                              ).reshape(shape)
+
+  return uniform, nn.initializers.zeros
+
+
+# 'xavier': Xavier-uniform convolutions with zero biases; BatchNorm and Linear
+# layers as 'torch'.
+INITS = ('torch', 'flax', 'xavier')
 # 'default': JAX's default precision (full float32 on CPU; TF32 convolutions on
 # Ampere and Hopper GPUs); 'float32': full float32 everywhere; 'bfloat16':
 # convolutions in bfloat16, BatchNorm and the weights in float32.
@@ -108,10 +123,13 @@ class Net(nn.Module):
       if isinstance(layer, arch.CONVS):
         c_in = x.shape[-1]
         groups = layer.groups(c_in)
+        # PyTorch's fans count one group's inputs: (C_in / groups) * k * k.
+        fan_in = layer.kernel * layer.kernel * (c_in // groups)
         if self.init_scheme == 'torch':
-          # PyTorch's fan_in counts one group's inputs: (C_in / groups) * k * k.
-          fan_in = layer.kernel * layer.kernel * (c_in // groups)
           kernel_init, bias_init = torch_conv_init(fan_in)
+        elif self.init_scheme == 'xavier':
+          fan_out = layer.kernel * layer.kernel * layer.out_channels(c_in)
+          kernel_init, bias_init = xavier_conv_init(fan_in, fan_out)
         else:
           # The kernel is (k, k, C_in / groups, C_out): Flax's fan_in is per group too.
           kernel_init = flat_draw(nn.linear.default_kernel_init)
@@ -132,7 +150,7 @@ class Net(nn.Module):
       elif isinstance(layer, arch.Linear):
         # The 1x1 map stays 4-D: a Dense on its channel axis.
         c_in = x.shape[-1]
-        if self.init_scheme == 'torch':
+        if self.init_scheme in ('torch', 'xavier'):
           kernel_init, bias_init = torch_conv_init(c_in)  # nn.Linear's bounds too
         else:
           kernel_init, bias_init = nn.linear.default_kernel_init, nn.initializers.zeros

@@ -8,6 +8,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from mnist_flax.errors import ConfigError, unknown
@@ -80,6 +81,39 @@ def step_lr(learning_rate: float, steps_per_epoch: int, step_size: int,
   return schedule
 
 
+def piecewise_table(num_epochs: int, knots: str) -> np.ndarray:
+  """The LR of each epoch 0..num_epochs: the straight lines through `knots`
+  ('EPOCH:LR,...', epochs ascending), as adilsammar/woolly-of-cv's
+  one_cycle_lr_custom builds its table with np.interp."""
+  try:
+    epochs, lrs = zip(*((float(e), float(lr)) for e, lr in
+                        (knot.split(':') for knot in knots.split(','))))
+  except ValueError:
+    epochs = ()
+  if len(epochs) < 2 or list(epochs) != sorted(epochs):
+    raise ConfigError(f"piecewise: schedule.knots must be 'EPOCH:LR,EPOCH:LR,...', at "
+                      f"least two, epochs ascending (e.g. '0:0.05,2:0.1,15:0'), not {knots!r}")
+  return np.interp(np.arange(num_epochs + 1), epochs, lrs)
+
+
+def piecewise_lr(num_epochs: int, steps_per_epoch: int, knots: str) -> optax.Schedule:
+  """`piecewise_table`'s LRs, each held for an epoch, as woolly-of-cv's
+  CustomOneCycleLR steps them after every batch: its counter restarts at 1, not
+  0, so the first epoch's LR lasts steps_per_epoch batches and every later one
+  steps_per_epoch - 1 (docs/anchors.md, B.5)."""
+  # float64 under jax.enable_x64, as _two_phase.
+  table = jnp.asarray(piecewise_table(num_epochs, knots),
+                      jax.dtypes.canonicalize_dtype(jnp.float64))
+  later = max(steps_per_epoch - 1, 1)
+
+  def schedule(count):
+    count = jnp.asarray(count)
+    index = jnp.where(count < steps_per_epoch, 0, 1 + (count - steps_per_epoch) // later)
+    return table[jnp.minimum(index, num_epochs)]
+
+  return schedule
+
+
 @functools.partial(optax.inject_hyperparams, static_args=('nesterov',))
 def sgd_torch(learning_rate: float, momentum: float, weight_decay: float = 0.0,
               nesterov: bool = False) -> optax.GradientTransformation:
@@ -104,7 +138,7 @@ class Optimizer(NamedTuple):
   learning_rate: optax.Schedule
 
 
-SCHEDULES = ('onecycle', 'step', 'constant')
+SCHEDULES = ('onecycle', 'step', 'constant', 'piecewise')
 OPTIMIZERS = ('sgd', 'adam')
 
 
@@ -124,6 +158,8 @@ def create_optimizer(config: ml_collections.ConfigDict,
     lr = step_lr(opt.learning_rate, steps_per_epoch, sch.step_size, sch.gamma)
   elif sch.name == 'constant':
     lr = optax.constant_schedule(opt.learning_rate)
+  elif sch.name == 'piecewise':
+    lr = piecewise_lr(config.num_epochs, steps_per_epoch, sch.knots)
   else:
     raise unknown('schedule', sch.name, SCHEDULES)
   if opt.name == 'sgd':

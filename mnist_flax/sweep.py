@@ -28,7 +28,9 @@ SWEEPABLE = (
     'optimizer.b1', 'optimizer.b2', 'optimizer.eps',
     'schedule.max_lr', 'schedule.div_factor', 'schedule.final_div_factor',
     'schedule.base_momentum', 'schedule.max_momentum', 'schedule.gamma',
-    'augment.degrees', 'augment.translate', 'augment.cutout',
+    'augment.degrees', 'augment.translate', 'augment.cutout', 'augment.scale',
+    'augment.fill', 'augment.warp_p', 'augment.brightness', 'augment.contrast',
+    'augment.jitter_p',
     'label_smoothing', 'ema_decay', 'distill.alpha', 'distill.temperature',
 )
 

@@ -100,7 +100,8 @@ def seeded_torch_model(config):
   """config.model's twin (`torch_model`) initialised for config.seed: drawn by
   PyTorch after torch.manual_seed(config.seed), or for a torch: model, its own
   class's initialisation under that seed (torch_import.initial_state_dict), as
-  the JAX run starts from (train.py)."""
+  the JAX run starts from (train.py). Otherwise init 'xavier' redraws every
+  Conv2d as woolly-of-cv's initialize_weights: Xavier-uniform, zero bias."""
   torch = require_torch()
   torch.manual_seed(config.seed)
   net = torch_model(config.model, config.bn_momentum, config.model_kwargs)
@@ -108,6 +109,12 @@ def seeded_torch_model(config):
     from mnist_flax import torch_import  # pylint: disable=g-import-not-at-top
     net.load_state_dict(torch_import.initial_state_dict(
         config.model, config.model_kwargs, config.seed))
+  elif config.init == 'xavier':
+    for module in net.modules():
+      if isinstance(module, torch.nn.Conv2d):
+        torch.nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+          torch.nn.init.zeros_(module.bias)
   return net
 
 

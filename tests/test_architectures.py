@@ -22,7 +22,10 @@ CANDIDATE_COUNTS = {'v36sep': (7918, arch.PARAM_LIMIT),
                     'v36_dil4': (6260, arch.PARAM_LIMIT),
                     'model3_6k': (6116, arch.PARAM_LIMIT),
                     'v36pad': (7682, arch.PARAM_LIMIT),
-                    'v36pad_tiny': (3856, arch.TINY_PARAM_LIMIT)}
+                    'v36pad_tiny': (3856, arch.TINY_PARAM_LIMIT),
+                    # The public anchors, as their notebooks print (docs/anchors.md).
+                    'eva6': (7496, arch.PARAM_LIMIT),
+                    'woolly': (3762, arch.TINY_PARAM_LIMIT)}
 
 
 def test_every_network_has_a_count_here():
@@ -170,7 +173,32 @@ def test_flax_init_option():
                                     jax.random.key(0))
   assert not np.asarray(variables['params']['conv5']['bias']).any()
   with pytest.raises(ConfigError, match='unknown init'):
-    models.create_model('v36', 'xavier')
+    models.create_model('v36', 'glorot')
+
+
+def test_xavier_init_bounds_zero_biases_and_torch_twin():
+  """'xavier' (anchor B's init): U(-a, a), a = sqrt(6 / (fan_in + fan_out)),
+  fans (C_in|C_out) * k * k; conv biases 0; BatchNorm 1 and 0; PyTorch's twin
+  drawn by nn.init.xavier_uniform_ reaches the same bound."""
+  torch = pytest.importorskip('torch')
+  from mnist_flax import torch_interop  # pylint: disable=g-import-not-at-top
+  from configs import anchor_woolly  # pylint: disable=g-import-not-at-top
+  params = models.init_variables(models.create_model('woolly', 'xavier'),
+                                 jax.random.key(0))['params']
+  config = anchor_woolly.get_config()
+  net = torch_interop.seeded_torch_model(config)
+  for name, c_in, c_out, k in (('conv1', 1, 4, 3), ('conv5', 8, 8, 3),
+                               ('conv_final', 8, 10, 1)):
+    bound = np.sqrt(6 / ((c_in + c_out) * k * k))
+    for w in (np.asarray(params[name]['kernel']),
+              getattr(net, name).weight.detach().numpy()):
+      assert np.abs(w).max() <= bound and np.abs(w).max() > 0.75 * bound, name
+    assert not np.asarray(params[name]['bias']).any()
+    assert not getattr(net, name).bias.detach().numpy().any()
+  assert np.asarray(params['bn1']['scale']).min() == 1
+  # 'torch' draws conv1 from 1/sqrt(9), not Xavier's sqrt(6/45): the option matters.
+  torch_init = models.init_variables(models.create_model('woolly'), jax.random.key(0))
+  assert np.abs(np.asarray(torch_init['params']['conv1']['kernel'])).max() < np.sqrt(6 / 45) * 0.95
 
 
 def test_precisions():
