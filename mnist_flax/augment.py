@@ -49,8 +49,12 @@ def _warp(image: jax.Array, angle: jax.Array, shift: jax.Array, order: int,
   # Counter-clockwise for positive angles, as torchvision (y points down).
   src_y = cos * y + sin * x + cy
   src_x = -sin * y + cos * x + cx
-  return jax.scipy.ndimage.map_coordinates(image, [src_y, src_x], order=order,
-                                           mode=BORDERS[border], cval=fill)
+  sample = lambda x: jax.scipy.ndimage.map_coordinates(
+      x, [src_y, src_x], order=order, mode=BORDERS[border])
+  if border == 'reflect' or _is_zero(fill):
+    return sample(image)
+  # map_coordinates takes its cval as a static argument; a swept fill is traced.
+  return sample(image - fill) + fill
 
 
 def _chosen(key: jax.Array, n: int, p: jax.Array | float) -> jax.Array:

@@ -64,8 +64,9 @@ def create_optimizer(config: ml_collections.ConfigDict, parameters: Iterable[Any
     scheduler = schedulers.LambdaLR(optimizer, lambda _: 1.0)
   elif sch.name == 'piecewise':
     total = config.num_epochs * steps_per_epoch
-    lrs = np.asarray(jax.vmap(optim.piecewise_lr(config.num_epochs, steps_per_epoch,
-                                                 sch.knots))(np.arange(total)))
+    with jax.enable_x64(True):  # PyTorch keeps its LRs in float64
+      lrs = np.asarray(jax.vmap(optim.piecewise_lr(config.num_epochs, steps_per_epoch,
+                                                   sch.knots))(np.arange(total)))
     scheduler = schedulers.LambdaLR(optimizer, lambda t: float(lrs[min(t, total - 1)]))
   else:
     raise unknown('schedule', sch.name, optim.SCHEDULES)

@@ -249,3 +249,149 @@ def _torch_per_sample_cutout(images, size):
 def test_torch_cutout_draws_the_same_distribution(fn):
   check_cutout_distribution(fn)
   check_cutout_distribution(fn, size=5, draws=2048)
+
+
+# The public anchors' additions (docs/anchors.md): each against its reference.
+
+def test_default_pipeline_draws_as_the_seeds_warp_and_cutout():
+  """augment.augment with the new keys at their defaults is, bit for bit, the
+  warp and cutout that every earlier run trained with."""
+  from configs import v36  # pylint: disable=g-import-not-at-top
+  aug = v36.get_config().augment
+  aug.cutout = 6
+  batch = jnp.asarray(np.random.default_rng(0).random((16, 28, 28), np.float32))
+  key = jax.random.key(3)
+  before = augment.cutout(key, augment.random_affine(
+      key, batch, aug.degrees, aug.translate, aug.interpolation), aug.cutout)
+  np.testing.assert_array_equal(augment.augment(key, batch, aug), before)
+
+
+def _levels(seed=0, n=1, high=256):
+  """Digit-like uint8 images: a stroke of grey levels below `high` on black."""
+  rng = np.random.default_rng(seed)
+  img = np.zeros((n, 28, 28), np.uint8)
+  img[:, 6:22, 10:16] = rng.integers(60, high, (n, 16, 6))
+  return img
+
+
+@pytest.mark.parametrize('brightness,contrast', [(0.6, 1.4), (1.37, 0.63), (1.0, 1.21)])
+def test_torchvision_jitter_equals_pil_image_enhance(brightness, contrast):
+  """torchvision's ColorJitter on a PIL image is ImageEnhance.Brightness and
+  .Contrast with the drawn factors, in the drawn order."""
+  from PIL import Image, ImageEnhance  # pylint: disable=g-import-not-at-top
+  img = _levels()[0]
+  pil = Image.fromarray(img)
+  bright = lambda im: ImageEnhance.Brightness(im).enhance(brightness)
+  contrast_ = lambda im: ImageEnhance.Contrast(im).enhance(contrast)
+  for first, want in ((True, contrast_(bright(pil))), (False, bright(contrast_(pil)))):
+    got = augment.torchvision_jitter(jnp.asarray(img, jnp.float32), brightness,
+                                     contrast, first)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want), err_msg=str(first))
+
+
+def test_albumentations_jitter_equals_its_lookup_table():
+  """albumentations' brightness_contrast_adjust on uint8 (versions 0.5-1.1):
+  lut = arange(256) * alpha + beta * 255, clipped, cast to uint8."""
+  img = _levels()[0]
+  for alpha, beta in ((0.83, 0.17), (1.19, -0.2), (1.0, 0.0)):
+    lut = np.arange(256, dtype=np.float32) * np.float32(alpha) + np.float32(beta * 255)
+    want = np.clip(lut, 0, 255).astype(np.uint8)[img]
+    got = augment.albumentations_jitter(jnp.asarray(img, jnp.float32), alpha, beta)
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_color_jitter_draws_its_factors_and_probability():
+  # No level above 180: 1.4 times it is not clipped.
+  images = jnp.asarray(np.repeat(_levels(high=181), 2000, 0) / 255, jnp.float32)
+  key = jax.random.key(0)
+  # torchvision: every image jittered; brightness alone scales the stroke by U(0.6, 1.4).
+  out = np.asarray(augment.color_jitter(key, images, 0.4, 0.0, 'torchvision'))
+  ratio = out[:, 6:22, 10:16].sum((1, 2)) / np.asarray(images[:, 6:22, 10:16]).sum((1, 2))
+  assert 0.59 < ratio.min() < 0.62 and 1.38 < ratio.max() < 1.41
+  assert 0.45 < np.mean(ratio < 1) < 0.55
+  # albumentations with p = 0.5: half the images untouched; beta lifts black.
+  out = np.asarray(augment.color_jitter(key, images, 0.2, 0.2, 'albumentations', 0.5))
+  changed = np.abs(out - np.asarray(images)).max((1, 2)) > 0
+  assert 0.45 < changed.mean() < 0.55
+  background = out[:, 0, 0] * 255  # trunc(255 * beta) for beta > 0
+  assert 50 <= background.max() <= 51 and background.min() == 0
+  with pytest.raises(ConfigError, match="unknown augment.jitter 'pil'"):
+    augment.color_jitter(key, images, 0.2, 0.2, 'pil')
+
+
+def test_reflect_border_is_opencv_reflect_101():
+  """A whole-pixel shift with border 'reflect' fills the gap with the image
+  mirrored about its edge pixel, not repeating it: gfedcb|abcdefgh."""
+  img = np.random.default_rng(0).random((28, 28), np.float32)
+  out = np.asarray(augment._warp(jnp.asarray(img), jnp.float32(0), jnp.array([3.0, -2.0]),
+                                 1, border='reflect'))
+  reflect_101 = lambda i, n: abs(i) if i < n else 2 * (n - 1) - i
+  rows = [reflect_101(i - 3, 28) for i in range(28)]
+  cols = [reflect_101(j + 2, 28) for j in range(28)]
+  np.testing.assert_allclose(out, img[np.ix_(rows, cols)], atol=1e-6)
+
+
+def test_fill_value_outside_the_image():
+  """RandomRotation's fill: the corners a rotation brings in hold `fill`."""
+  out = np.asarray(augment._warp(jnp.zeros((28, 28)), jnp.deg2rad(30.0), jnp.zeros(2),
+                                 0, fill=0.171))
+  assert out[0, 0] == pytest.approx(0.171) and out[14, 14] == 0
+  np.testing.assert_allclose(np.unique(out), [0.0, 0.171], rtol=1e-6)
+
+
+def _radii(fn, **kwargs):
+  """How far from the centre each image moved a blob 10 pixels right of it."""
+  yy, xx = np.mgrid[:28, :28].astype(np.float32)
+  c = 13.5
+  img = np.exp(-((yy - c)**2 + (xx - c - 10)**2) / (2 * 1.2**2))
+  out = np.asarray(fn(np.stack([img] * DRAWS), **kwargs), np.float64)
+  mass = out.sum((1, 2))
+  cy, cx = (out * yy).sum((1, 2)) / mass, (out * xx).sum((1, 2)) / mass
+  return np.hypot(cy - c, cx - c), cy - c, cx - c
+
+
+def _ours_with(images, **kwargs):
+  return augment.random_affine(jax.random.key(0), jnp.asarray(images),
+                               kwargs.pop('degrees', 0.0), kwargs.pop('translate', 0.0),
+                               'bilinear', **kwargs)
+
+
+def check_zoom_and_probability(fn):
+  """scale s zooms from U(1 - s, 1 + s); warp_p p warps that share of images;
+  integer_shift False shifts by fractions of a pixel."""
+  radius, _, _ = _radii(fn, scale=0.09)
+  assert 8.95 < radius.min() < 9.25 and 10.75 < radius.max() < 11.05
+  assert 0.42 < np.mean(radius < 10) < 0.58
+  unwarped, _, _ = _radii(lambda images: images)
+  radius, _, _ = _radii(fn, scale=0.09, p=0.5)
+  assert 0.42 < np.mean(np.abs(radius - unwarped[0]) < 1e-6) < 0.58
+  _, dy, _ = _radii(fn, translate=0.09, integer_shift=False)
+  assert np.abs(dy).max() <= 0.09 * 28 + 0.05 and np.abs(dy).max() > 2.3
+  assert np.mean(np.abs(dy - dy.round()) > 0.1) > 0.5  # not whole pixels
+
+
+def test_zoom_probability_and_subpixel_shift_distributions():
+  check_zoom_and_probability(_ours_with)
+
+
+def test_traced_anchor_values_equal_concrete_ones():
+  """A sweep traces the new values; 0 must still mean off, and a value its value."""
+  from mnist_flax import sweep  # pylint: disable=g-import-not-at-top
+  from configs import anchor_eva6, anchor_woolly  # pylint: disable=g-import-not-at-top
+  batch = jnp.asarray(_levels(n=8) / 255, jnp.float32)
+  key = jax.random.key(1)
+  keys = [f'augment.{k}' for k in
+          ('scale', 'fill', 'warp_p', 'brightness', 'contrast', 'jitter_p')]
+  for module in (anchor_eva6, anchor_woolly):
+    for values in ((0.09, 0.1, 0.5, 0.2, 0.2, 0.5), (0.0, 0.0, 1.0, 0.0, 0.0, 1.0)):
+      config = sweep.with_values(module.get_config(), dict(zip(keys, values)))
+      concrete = augment.augment(key, batch, config.augment)
+      traced = jax.jit(lambda *vs: augment.augment(
+          key, batch, sweep.with_values(config, dict(zip(keys, vs))).augment))
+      np.testing.assert_allclose(traced(*values), concrete, atol=1e-6)
+
+
+def test_unknown_border_is_a_config_error():
+  with pytest.raises(ConfigError, match="unknown augment.border 'wrap'"):
+    augment.random_affine(jax.random.key(0), jnp.zeros((2, 28, 28)), 5.0, 0.0,
+                          border='wrap')

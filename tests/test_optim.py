@@ -180,3 +180,60 @@ def test_nesterov_adam_is_a_config_error():
 def test_onecycle_with_a_zero_step_phase_is_a_config_error(pct_start, total):
   with pytest.raises(ConfigError, match=r'onecycle: pct_start \* total steps'):
     optim.onecycle_lr(total, 0.05, pct_start)
+
+
+class _WoollyCustomOneCycleLR:
+  """adilsammar/woolly-of-cv's scheduler at 7ade209 (scheduler.py), transcribed:
+  the per-epoch table from np.interp, and the counter that restarts at 1."""
+
+  def __init__(self, lr, max_lr, steps_per_epoch, epochs):
+    self.schedule = np.interp(np.arange(epochs + 1), [0, 2, 8, 12, epochs],
+                              [lr, max_lr, lr / 5.0, lr / 10.0, 0])
+    self.steps_per_epoch, self.steps, self.epoch = steps_per_epoch, 0, 0
+    self.lr = self.schedule[0]
+
+  def step(self):
+    self.steps += 1
+    if self.steps % self.steps_per_epoch == 0:
+      self.steps = 1
+      self.epoch += 1
+    self.lr = self.schedule[self.epoch]
+
+
+def test_piecewise_schedule_is_woolly_custom_one_cycle_every_step():
+  """Anchor B's whole run, 28,125 steps: the LR of every step equals the
+  transcribed scheduler's, in both frameworks; the notebook's printed LRs."""
+  from configs import anchor_woolly  # pylint: disable=g-import-not-at-top
+  config = anchor_woolly.get_config()
+  steps_per_epoch = len(epoch_loop.batch_starts(60000, config.batch_size))
+  theirs = _WoollyCustomOneCycleLR(0.05, 0.1, steps_per_epoch, 15)
+  want = []
+  for _ in range(15 * steps_per_epoch):
+    want.append(theirs.lr)
+    theirs.step()
+  lr, momentum = _jax_schedule(config, steps_per_epoch)
+  np.testing.assert_allclose(lr, want, rtol=1e-6)
+  assert set(momentum) == {np.float32(0.95)}
+  torch_lr, torch_momentum = _torch_schedule(config, steps_per_epoch)
+  np.testing.assert_allclose(torch_lr, want, rtol=1e-12)
+  assert set(torch_momentum) == {0.95}
+  printed = [0.05, 0.075, 0.1, 0.085, 0.07, 0.055, 0.04, 0.025, 0.01, 0.00875,
+             0.0075, 0.00625, 0.005, 0.003333, 0.001667]  # before each epoch (B.7)
+  first_steps = [lr[0]] + [lr[e * steps_per_epoch] for e in range(1, 15)]
+  np.testing.assert_allclose(first_steps, printed, atol=5e-7)
+
+
+def test_piecewise_sgd_matches_torch():
+  from configs import anchor_woolly  # pylint: disable=g-import-not-at-top
+  config = anchor_woolly.get_config()
+  config.num_epochs = 3
+  config.schedule.knots = '0:0.05,1:0.1,3:0'
+  _parity(config, 30)
+
+
+@pytest.mark.parametrize('knots', ['', '0:0.05', '2:0.1,0:0.05', '0:0.05,x:1', '0-0.05,2-1'])
+def test_bad_piecewise_knots_are_a_config_error(knots):
+  config = v36.get_config()
+  config.schedule.name, config.schedule.knots = 'piecewise', knots
+  with pytest.raises(ConfigError, match=r"piecewise: schedule.knots must be 'EPOCH:LR"):
+    optim.create_optimizer(config, 10)

@@ -1,8 +1,9 @@
-"""torch_recipe's augmentation warps as augment.py's and draws as it does.
+"""torch_recipe's augmentation warps and jitters as augment.py's and draws as it does.
 
 Its optimiser and scheduler are held to optim.py's in tests/test_optim.py.
 """
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -97,3 +98,76 @@ def test_no_augmentation_leaves_images_as_they_are():
   assert torch_recipe.augment(x, config.augment) is x
   out, _ = _per_sample(_image(), config, 0)
   np.testing.assert_allclose(out, _image() / 255.0, atol=1e-6)
+
+
+# The public anchors' additions: the same warp and jitter given the same draws,
+# and draws from the same distributions.
+
+@pytest.mark.parametrize('interpolation,border,fill', [
+    ('bilinear', 'reflect', 0.0), ('nearest', 'constant', 0.171),
+    ('bilinear', 'constant', 0.3)])
+def test_anchor_warps_match_ours(interpolation, border, fill):
+  config = _aug(7.0, 0.09, interpolation)
+  aug = config.augment
+  aug.border, aug.fill = border, fill
+  img = np.random.default_rng(0).random((28, 28)).astype(np.float32)
+  img[:4] = 0  # a blank border, as MNIST's
+  for angle, (dx, dy), zoom in ((0.1, (2.3, -1.7), 1.08), (-0.12, (-2.5, 0.4), 0.92),
+                                (0.0, (3.0, 0.0), 1.0)):
+    got = torch_recipe.warp(torch.from_numpy(img)[None, None], torch.tensor([angle]),
+                            torch.tensor([[dx, dy]]), torch.tensor([zoom]), aug)
+    want = augment._warp(jnp.asarray(img), jnp.float32(angle), jnp.array([dy, dx]),
+                         augment.INTERPOLATIONS[interpolation], zoom, fill, border)
+    if interpolation == 'nearest':  # a coordinate within rounding of .5 may round either way
+      assert np.mean(np.abs(got[0, 0].numpy() - np.asarray(want)) > 1e-5) < 0.01
+    else:
+      np.testing.assert_allclose(got[0, 0].numpy(), want, atol=2e-5)
+
+
+@pytest.mark.parametrize('style', augment.JITTERS)
+def test_anchor_jitters_match_ours(style):
+  rng = np.random.default_rng(1)
+  levels = np.zeros((6, 28, 28), np.float32)
+  levels[:, 6:22, 10:16] = rng.integers(0, 256, (6, 16, 6))
+  b, c = rng.uniform(-0.4, 0.4, 6).astype(np.float32), rng.uniform(-0.4, 0.4, 6).astype(np.float32)
+  b[0] = c[0] = 0  # no change drawn
+  first = np.array([True, False] * 3)
+  x = torch.from_numpy(levels / 255)[:, None]
+  got = torch_recipe.jitter(x, torch.from_numpy(b), torch.from_numpy(c),
+                            torch.from_numpy(first), style)[:, 0].numpy()
+  if style == 'torchvision':
+    want = jax.vmap(augment.torchvision_jitter)(jnp.asarray(levels), 1 + b, 1 + c, first)
+  else:
+    want = jax.vmap(augment.albumentations_jitter)(jnp.asarray(levels), 1 + c, b)
+  np.testing.assert_allclose(got, np.asarray(want) / 255, atol=1e-6)
+
+
+def _torch_warp_fn(images, degrees=0.0, translate=0.0, scale=0.0, p=1.0,
+                   integer_shift=True):
+  config = _aug(degrees, translate, 'bilinear')
+  config.augment.scale, config.augment.warp_p = scale, p
+  config.augment.integer_shift = integer_shift
+  x = torch.from_numpy(np.asarray(images, np.float32))[:, None]
+  return torch_recipe.augment(x, config.augment, torch.Generator().manual_seed(0))[:, 0]
+
+
+def test_anchor_warp_draws_the_same_distribution():
+  from test_augment import check_zoom_and_probability  # pylint: disable=g-import-not-at-top
+  check_zoom_and_probability(_torch_warp_fn)
+
+
+def test_anchor_jitter_draws_its_probability_and_limits():
+  from configs import anchor_woolly  # pylint: disable=g-import-not-at-top
+  aug = anchor_woolly.get_config().augment
+  aug.degrees = aug.translate = aug.scale = 0.0
+  x = torch.zeros(4000, 1, 28, 28)
+  out = torch_recipe.augment(x, aug, torch.Generator().manual_seed(0))[:, 0, 0, 0] * 255
+  assert 0.2 < np.mean(out.numpy() > 0) < 0.3  # p = 0.5 and beta > 0: a quarter
+  assert 50 <= float(out.max()) <= 51
+
+
+def test_per_sample_loader_refuses_the_anchors_augmentation():
+  from mnist_flax.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from configs import anchor_woolly  # pylint: disable=g-import-not-at-top
+  with pytest.raises(ConfigError, match='per-sample PIL loader'):
+    torch_recipe.AugmentedMNIST(_image()[None], np.array([7]), anchor_woolly.get_config())
