@@ -216,7 +216,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def compare(config: ml_collections.ConfigDict, seeds: int, workdir: str,
             torch_device: str = 'cpu', **torch_options: Any) -> str:
-  """Trains `seeds` seeds in each framework; returns the table."""
+  """Trains `seeds` seeds in each framework, config.seed and the next ones (as
+  main's num_seeds); returns the table."""
   if config.distill.teacher:
     raise ConfigError('compare has no distillation on its PyTorch side; drop '
                       '--config.distill.teacher to compare the plain recipe')
@@ -225,7 +226,7 @@ def compare(config: ml_collections.ConfigDict, seeds: int, workdir: str,
   os.makedirs(workdir, exist_ok=True)
   run_dir = tempfile.mkdtemp(prefix='compare_', dir=workdir)
   rows = []
-  for seed in range(seeds):
+  for seed in range(config.seed, config.seed + seeds):
     cfg = copy.deepcopy(config)
     cfg.seed, cfg.progress_bar = seed, False
     start = time.time()
@@ -243,7 +244,7 @@ def compare(config: ml_collections.ConfigDict, seeds: int, workdir: str,
 def _define_flags() -> None:
   config_flags.DEFINE_config_file('config', None, 'A config file from configs/.',
                                   lock_config=True)
-  flags.DEFINE_integer('seeds', 3, 'Seeds per framework.')
+  flags.DEFINE_integer('seeds', 3, 'Seeds per framework: --config.seed and the next ones.')
   flags.DEFINE_string('workdir', 'workdirs/compare', 'Where the JAX runs write.')
   flags.DEFINE_bool('identical_start', False, 'Same weights, same batches, no '
                     'augmentation: report the per-step loss difference, '

@@ -103,13 +103,15 @@ def test_recipe_steps_equal_torch(name, without_dropout, fake_mnist_dir):
 @pytest.mark.parametrize('name', ANCHORS)
 def test_anchor_trains_in_both_frameworks(name, fake_mnist_dir, tmp_path):
   """The whole recipe, augmentation and dropout included, runs end to end in
-  mnist_flax.compare: one epoch in JAX and in PyTorch, on fake data."""
+  mnist_flax.compare: one epoch in JAX and in PyTorch, on fake data, for the
+  seed --config.seed names."""
   proc = subprocess.run(
       [sys.executable, '-m', 'mnist_flax.compare', f'--config=configs/anchor_{name}.py',
-       '--seeds=1', f'--workdir={tmp_path}', f'--config.data_dir={fake_mnist_dir}',
-       '--config.verify_checksums=False', '--config.num_epochs=1'],
+       '--seeds=1', '--config.seed=4', f'--workdir={tmp_path}',
+       f'--config.data_dir={fake_mnist_dir}', '--config.verify_checksums=False',
+       '--config.num_epochs=1'],
       cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr
   rows = [l.split() for l in proc.stdout.splitlines() if l.startswith(('jax ', 'pytorch '))]
-  assert [r[:2] for r in rows] == [['jax', '0'], ['pytorch', '0'], ['jax', 'mean'],
+  assert [r[:2] for r in rows] == [['jax', '4'], ['pytorch', '4'], ['jax', 'mean'],
                                    ['pytorch', 'mean']], proc.stdout
