@@ -27,6 +27,19 @@ def test_bench_reports_every_measurement(big_fake_mnist_dir):
   assert table.splitlines()[0].startswith('machine: ')
 
 
+def test_augmentation_the_dataloader_cannot_do_is_reported_not_fatal(fake_mnist_dir):
+  """anchor_eva6's ColorJitter and fill: the per-sample PIL loader's row says why
+  it is missing; every other measurement is made."""
+  config = bench.load_config('anchor_eva6')
+  config.data_dir, config.verify_checksums = fake_mnist_dir, False
+  result = bench.bench_model('anchor_eva6', data.load_for(config), repeats=1, steps=2,
+                             workers=0, torch_compile=False, log=lambda _: None)
+  assert set(result['epoch_s']) == {'jax'} and result['epoch_s']['jax'] > 0
+  table = bench.format_table([result], bench.machine())
+  assert 'DataLoader epoch unavailable: the per-sample PIL loader' in table
+  assert 'eval img/s' in table
+
+
 def test_runs_per_hour_ours_against_k_pytorch_processes(big_fake_mnist_dir):
   rows = bench.runs_per_hour('v36', [2], 2560, big_fake_mnist_dir, verify=False,
                              log=lambda _: None)
