@@ -12,7 +12,7 @@ _V36 = runpy.run_path(os.path.join(os.path.dirname(__file__), 'v36.py'))
 def get_config():
   c = _V36['get_config']()
   # The widths were chosen on the validation split against V36's; padding
-  # conv1..conv3 then beat the unpadded network there (issue 21's last screen,
+  # conv1..conv3 then beat the unpadded network there (the padding screen,
   # 12 seeds each). Both steps: docs/research.md.
   c.model = 'v36pad'
   return c

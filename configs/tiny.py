@@ -13,7 +13,7 @@ def get_config():
   c = _V36['get_config']()
   # The widths: the widest V36 layout under 4,000 that keeps V36's widening
   # channel order, about 0.75x V36's (8-10-12-16-16). Padding conv1..conv3
-  # then beat the unpadded network on the validation split (issue 21's last
+  # then beat the unpadded network on the validation split (the padding
   # screen). Both steps: docs/research.md.
   c.model = 'v36pad_tiny'
   return c

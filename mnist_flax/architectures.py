@@ -230,7 +230,7 @@ NETWORKS: dict[str, Network] = {
     'model1': _model_1(),
     'model2': _model_2(),
     'model3': _model_3(),
-    # Candidates for issue 21's screens (no biases before BatchNorm).
+    # Candidate layouts screened for the champion and tiny (no biases before BatchNorm).
     # V36 with depthwise-separable conv3..conv5, widths 12-24-32-40-40: 7,918.
     'v36sep': _v36_separable((12, 24, 32, 40, 40)),
     # The same at 16-20-24-32-32, block 3's depthwise conv doubling 20 to 40: 7,218.

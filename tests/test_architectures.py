@@ -15,7 +15,7 @@ from mnist_flax.errors import ConfigError
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SEED_COUNTS = {'v36': 6260, 'v36_nobias': 6198, 'model1': 7224,
                'model2': 7838, 'model3': 7918}
-# Issue 21's candidates, with the budget each is screened under.
+# The candidate layouts, with the budget each is screened under.
 CANDIDATE_COUNTS = {'v36sep': (7918, arch.PARAM_LIMIT),
                     'v36sep_m2': (7218, arch.PARAM_LIMIT),
                     'v36sep_tiny': (3884, arch.TINY_PARAM_LIMIT),

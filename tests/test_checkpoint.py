@@ -1,4 +1,4 @@
-"""Checkpoints, resume, evaluate and predict (issue: checkpoints that survive a crash)."""
+"""Checkpoints, resume, evaluate and predict: checkpoints that survive a crash."""
 
 import json
 import os

@@ -5,13 +5,15 @@
 # every step, into OUT/results.tgz (logs, JSON tables, sweep.csv and metrics, no
 # checkpoints).
 #
-#   bash tools/gpu_measure.sh 19 OUT MNIST_DIR          # issue 19: speed, precision, a sweep
-#   bash tools/gpu_measure.sh 21 OUT MNIST_DIR PRIOR    # issue 21: the screens' rest, and the
-#                                                       # test runs the rule picks (PRIOR: phase
-#                                                       # 19's results and the CPU tiny screen's,
-#                                                       # unpacked)
-#   bash tools/gpu_measure.sh kd OUT MNIST_DIR          # issue 21's distillation track
-#   bash tools/gpu_measure.sh pad OUT MNIST_DIR PRIOR   # issue 21's padded layouts (PRIOR as for 21)
+#   bash tools/gpu_measure.sh 19 OUT MNIST_DIR          # speed against PyTorch, precision, a
+#                                                       # cutout sweep
+#   bash tools/gpu_measure.sh 21 OUT MNIST_DIR PRIOR    # the separable layout's cutout screen,
+#                                                       # and the test runs the rule picks
+#                                                       # (PRIOR: phase 19's results and the
+#                                                       # CPU tiny screen's, unpacked)
+#   bash tools/gpu_measure.sh kd OUT MNIST_DIR          # the distillation track
+#   bash tools/gpu_measure.sh pad OUT MNIST_DIR PRIOR   # the padded layouts' screen (PRIOR as
+#                                                       # for 21)
 #   bash tools/gpu_measure.sh writers OUT MNIST_DIR     # the writer split's judge check (MNIST_DIR
 #                                                       # holds QMNIST's writer file too)
 #   bash tools/gpu_measure.sh '19 21' OUT MNIST_DIR     # several phases, in one call
@@ -19,29 +21,34 @@
 #   TINY=1 bash tools/gpu_measure.sh ...                # the same steps on CPU, tiny
 #                                                       # (python3 with the deps: PATH=.venv/bin:$PATH)
 #
-# Phase 19, V36 (configs/v36.py, 15 epochs) unless named: 1 seed; PyTorch's same
-# recipe on the same card (tools/torch_timing.py), eager; 32 seeds in one
-# program; the champion's cutout screen on the validation split, a sweep of
-# 3 values x 12 seeds (docs/research.md); PyTorch compiled (CUDA graphs,
-# channels_last); 16 seeds in full float32, 8 in bfloat16; 8 seeds; V36's
-# convolutions for 1, 8 and 32 runs, vmapped against batched patches
-# (tools/conv_forms.py).
-# Phase 21: the separable layout's cutout screen, then the rule's picks
-# (tools/screen_decide.py) on the test set, 10 seeds each: the champion's from
-# PRIOR's screen_champion and this screen, tiny's from the CPU screen in PRIOR
-# (docs/cpu_runs).
-# Phase pad: V36's layout with conv1..conv3 padded (v36pad, v36pad_tiny: the
-# incumbents' widths and parameters) on the validation split, 12 seeds each,
-# against PRIOR's incumbent arms; a challenger that wins goes to the test set.
-# Phase writers: Model 3 (its recipe), the champion's unpadded network and
-# v36pad on the validation split by writer, 8 seeds each (0-7), one program
-# each; docs/research.md has the rule, written before any run.
-# Phase kd: a teacher (v36:16-24-32-48-48, 46,066 params) trained on the
-# validation split's 50,000 images; the champion distilled from it, a sweep of
-# distill.alpha 0, 0.5, 0.9 x 12 seeds on validation; the teacher on all 60,000;
-# the rule's alpha on the test set, 10 seeds (docs/research.md). Every program
-# saves only its final checkpoint (checkpoint_every=15): a save costs ~0.2 s
-# per run, over a minute for a 32-run program saving every epoch.
+# The phase names (19, 21, kd, pad, writers) are fixed argument values, kept
+# as they are; what each runs:
+# Phase 19 (speed, precision, a sweep), V36 (configs/v36.py, 15 epochs) unless
+# named: 1 seed; PyTorch's same recipe on the same card
+# (tools/torch_timing.py), eager; 32 seeds in one program; the champion's
+# cutout screen on the validation split, a sweep of 3 values x 12 seeds
+# (docs/research.md); PyTorch compiled (CUDA graphs, channels_last); 16 seeds
+# in full float32, 8 in bfloat16; 8 seeds; V36's convolutions for 1, 8 and 32
+# runs, vmapped against batched patches (tools/conv_forms.py).
+# Phase 21 (the layout screens' rest): the separable layout's cutout
+# screen, then the rule's picks (tools/screen_decide.py) on the test set, 10
+# seeds each: the champion's from PRIOR's screen_champion and this screen,
+# tiny's from the CPU screen in PRIOR (docs/cpu_runs).
+# Phase pad (the padded layouts' screen): V36's layout with conv1..conv3
+# padded (v36pad, v36pad_tiny: the incumbents' widths and parameters) on the
+# validation split, 12 seeds each, against PRIOR's incumbent arms; a
+# challenger that wins goes to the test set.
+# Phase writers (the writer split as a judge): Model 3 (its recipe), the
+# champion's unpadded network and v36pad on the validation split by writer, 8
+# seeds each (0-7), one program each; docs/research.md has the rule, written
+# before any run.
+# Phase kd (the distillation track): a teacher (v36:16-24-32-48-48, 46,066
+# params) trained on the validation split's 50,000 images; the champion
+# distilled from it, a sweep of distill.alpha 0, 0.5, 0.9 x 12 seeds on
+# validation; the teacher on all 60,000; the rule's alpha on the test set, 10
+# seeds (docs/research.md). Every program saves only its final checkpoint
+# (checkpoint_every=15): a save costs ~0.2 s per run, over a minute for a
+# 32-run program saving every epoch.
 set -uo pipefail
 phase=$1
 out=$2

@@ -1,4 +1,4 @@
-"""Applies a screen's decision rule (docs/research.md, issue 21's screens) to sweeps.
+"""Applies a screen's decision rule (the screens of docs/research.md) to sweeps.
 
   python tools/screen_decide.py KEY INCUMBENT_WORKDIR VALUE WORKDIR... > decision.json
 
