@@ -110,14 +110,21 @@ class Inference:
   std: float
 
 
-def fold(network: arch.Network, variables: dict[str, Any], mean: float, std: float,
-         epsilon: float = models.BatchNorm.epsilon) -> Inference:
-  """The network with each BatchNorm (eval mode, running statistics) folded
-  into the convolution before it; computed in float64, stored as float32."""
+def fold(network: arch.Network, variables: dict[str, Any], mean: float,
+         std: float) -> Inference:
+  """The network with each BatchNorm (eval mode, running statistics, its
+  spec's eps) folded into the convolution before it, and dropout dropped;
+  computed in float64, stored as float32."""
   params, stats = variables['params'], variables['batch_stats']
   ops: list[Any] = []
   channels = arch.INPUT_SHAPE[2]
   for layer in network:
+    if isinstance(layer, arch.Linear) or (isinstance(layer, arch.CONVS)
+                                          and layer.stride != 1):
+      raise ExportError(f'export does not handle {layer} yet (a Linear layer or a '
+                        'strided convolution); export a network without one')
+    if isinstance(layer, arch.Dropout):
+      continue  # the identity in inference
     if isinstance(layer, arch.CONVS):
       p = params[layer.name]
       kernel = np.asarray(p['kernel'], np.float64)
@@ -127,9 +134,11 @@ def fold(network: arch.Network, variables: dict[str, Any], mean: float, std: flo
                             layer.groups(channels)))
       channels = out
     elif isinstance(layer, arch.BatchNorm):
-      s = np.asarray(params[layer.name]['scale'], np.float64) / np.sqrt(
-          np.asarray(stats[layer.name]['var'], np.float64) + epsilon)
-      shift = (np.asarray(params[layer.name]['bias'], np.float64)
+      var = np.asarray(stats[layer.name]['var'], np.float64)
+      # affine=False: a scale of 1 and a bias of 0.
+      p = params.get(layer.name, {'scale': np.ones_like(var), 'bias': np.zeros_like(var)})
+      s = np.asarray(p['scale'], np.float64) / np.sqrt(var + layer.eps)
+      shift = (np.asarray(p['bias'], np.float64)
                - np.asarray(stats[layer.name]['mean'], np.float64) * s)
       if ops and isinstance(ops[-1], FoldedConv):
         conv = ops.pop()

@@ -35,10 +35,12 @@ def _with_bn_stats(variables, seed=0):
   return v
 
 
-@pytest.mark.parametrize('name', ['v36', 'v36pad_tiny', 'model1', 'v36sep_tiny'])
+@pytest.mark.parametrize('name', ['v36', 'v36pad_tiny', 'model1', 'v36sep_tiny', 'eva6',
+                                  'woolly'])
 def test_folded_graph_equals_the_flax_model(name):
   # v36pad_tiny: padded convs (the normalisation is not folded into conv1);
-  # model1: GAP before conv_final; v36sep_tiny: depthwise convs, BN after pw.
+  # model1: GAP before conv_final; v36sep_tiny: depthwise convs, BN after pw;
+  # eva6: dropout, and a BatchNorm after GAP; woolly: biased convs, dropout.
   model = models.create_model(name)
   variables = _with_bn_stats(init(model))
   inference = export.fold(arch.get_network(name), variables, MEAN, STD)
@@ -257,3 +259,12 @@ def test_checkpoint_converted_from_pytorch_exports_as_the_pytorch_net(fmt, tmp_p
   with torch.no_grad():
     log_probs = net(x[:, None]).numpy()  # the seeds' forward ends in log_softmax
   np.testing.assert_allclose(jax.nn.log_softmax(logits), log_probs, atol=1e-5)
+
+
+def test_layers_export_cannot_write_are_refused_in_one_line():
+  """An imported network's Linear layer or strided convolution: a one-line
+  ExportError naming the layer, not a traceback from a writer."""
+  for network in ((arch.Conv('c', 4, stride=2), arch.GlobalAvgPool()),
+                  (arch.GlobalAvgPool(), arch.Linear('fc', 10))):
+    with pytest.raises(export.ExportError, match='export does not handle'):
+      export.fold(network, {'params': {}, 'batch_stats': {}}, MEAN, STD)
