@@ -16,12 +16,16 @@
 #                                                       # for 21)
 #   bash tools/gpu_measure.sh writers OUT MNIST_DIR     # the writer split's judge check (MNIST_DIR
 #                                                       # holds QMNIST's writer file too)
+#   bash tools/gpu_measure.sh anchors OUT MNIST_DIR     # the public anchors: 10 seeds in JAX,
+#                                                       # 3 in both frameworks
+#   bash tools/gpu_measure.sh rebuild OUT MNIST_DIR     # the anchors' ingredients on our networks,
+#                                                       # on the writer split (MNIST_DIR as for writers)
 #   bash tools/gpu_measure.sh '19 21' OUT MNIST_DIR     # several phases, in one call
 #   STEPS='k1 k8' bash tools/gpu_measure.sh ...         # only the steps named
 #   TINY=1 bash tools/gpu_measure.sh ...                # the same steps on CPU, tiny
 #                                                       # (python3 with the deps: PATH=.venv/bin:$PATH)
 #
-# The phase names (19, 21, kd, pad, writers) are fixed argument values, kept
+# The phase names (19, 21, kd, pad, writers, anchors, rebuild) are fixed argument values, kept
 # as they are; what each runs:
 # Phase 19 (speed, precision, a sweep), V36 (configs/v36.py, 15 epochs) unless
 # named: 1 seed; PyTorch's same recipe on the same card
@@ -42,6 +46,10 @@
 # champion's unpadded network and v36pad on the validation split by writer, 8
 # seeds each (0-7), one program each; docs/research.md has the rule, written
 # before any run.
+# Phase anchors: configs/anchor_eva6.py and anchor_woolly.py on the test set, 10
+# seeds each in one program, then compare's 3 seeds in both frameworks.
+# Phase rebuild: the screen that rebuilds the champion and tiny from the
+# anchors' ingredients, 8 seeds per arm on the writer split, one program each.
 # Phase kd (the distillation track): a teacher (v36:16-24-32-48-48, 46,066
 # params) trained on the validation split's 50,000 images; the champion
 # distilled from it, a sweep of distill.alpha 0, 0.5, 0.9 x 12 seeds on
@@ -193,6 +201,40 @@ if [[ " $phase " == *" writers "* ]]; then
   train writers_v36pad champion "${writers[@]}"
   python3 tools/run_summary.py "$work"/runs/writers_* > "$work/writers_runs.json" \
     2> "$work/logs/writers_summary.log"
+fi
+if [[ " $phase " == *" anchors "* ]]; then
+  # The public anchors on the test set: 10 seeds each in JAX, then 3 each in
+  # both frameworks through compare (docs/anchors.md).
+  train anchors_eva6 anchor_eva6 --config.num_seeds="$(seeds 10)"
+  train anchors_woolly anchor_woolly --config.num_seeds="$(seeds 10)"
+  for anchor in eva6 woolly; do
+    step "compare_$anchor" python3 -m mnist_flax.compare --config="configs/anchor_$anchor.py" \
+      "${common[@]}" --seeds="$(seeds 3)" --torch_device="${torch_args[1]}" \
+      --workdir="$work/runs/compare_$anchor"
+  done
+  python3 tools/run_summary.py "$work"/runs/anchors_* > "$work/anchors_runs.json" \
+    2> "$work/logs/anchors_summary.log"
+fi
+if [[ " $phase " == *" rebuild "* ]]; then
+  # The champion and tiny rebuilt from the anchors' ingredients, on the writer
+  # split, 8 seeds per arm (docs/research.md has the rule, written before any
+  # run); the unpadded champion network and v36pad are phase writers' arms.
+  writers=("${validation[@]}" --config.validation_split=writers --config.num_seeds="$(seeds 8)")
+  a_augment=(--config.augment.jitter=torchvision --config.augment.brightness=0.4
+             --config.augment.contrast=0.4 --config.augment.degrees=5 --config.augment.translate=0
+             --config.augment.interpolation=nearest --config.augment.fill=0.171)
+  train rebuild_eva6 anchor_eva6 "${writers[@]}"
+  train rebuild_unpadded_a_augment champion --config.model=v36:8-12-14-18-16 \
+    "${a_augment[@]}" "${writers[@]}"
+  train rebuild_unpadded_b_recipe anchor_woolly --config.model=v36:8-12-14-18-16 "${writers[@]}"
+  train rebuild_tiny_unpadded tiny --config.model=v36:6-8-10-12-12 "${writers[@]}"
+  train rebuild_tiny_v36pad tiny "${writers[@]}"
+  train rebuild_woolly anchor_woolly "${writers[@]}"
+  train rebuild_tiny_b_recipe anchor_woolly --config.model=v36:6-8-10-12-12 "${writers[@]}"
+  train rebuild_tiny_a_augment tiny --config.model=v36:6-8-10-12-12 "${a_augment[@]}" \
+    "${writers[@]}"
+  python3 tools/run_summary.py "$work"/runs/rebuild_* > "$work/rebuild_runs.json" \
+    2> "$work/logs/rebuild_summary.log"
 fi
 if [[ " $phase " == *" kd "* ]]; then
   teacher=(--config.model=v36:16-24-32-48-48 --config.seed=100)
