@@ -164,9 +164,34 @@ def color_jitter(key: jax.Array, images: jax.Array, brightness: float,
   return jnp.where(_chosen(p_key, n, p), jittered, images)
 
 
+def _within(low: float, high: float, high_too: bool = True):
+  return lambda v: low <= v <= high if high_too else low <= v < high
+
+
+# The anchors' keys: what each must be, and the test.
+_RANGES = {
+    'scale': ('in [0, 1): the zoom is drawn from 1 - scale to 1 + scale', _within(0, 1, False)),
+    'fill': ('in [0, 1]: a raw intensity, 0 black and 1 white', _within(0, 1)),
+    'warp_p': ('a probability in [0, 1]', _within(0, 1)),
+    'jitter_p': ('a probability in [0, 1]', _within(0, 1)),
+    'brightness': ('in [0, 1]: a jitter limit, 0 off', _within(0, 1)),
+    'contrast': ('in [0, 1]: a jitter limit, 0 off', _within(0, 1)),
+}
+
+
+def check(aug: Any) -> None:
+  """A one-line ConfigError for an anchor key out of its range; traced (swept)
+  values are left to the check of each run's own config (train.py)."""
+  for key, (what, ok) in _RANGES.items():
+    value = aug[key]
+    if isinstance(value, numbers.Real) and not ok(value):
+      raise ConfigError(f'augment.{key} must be {what}; not {value}')
+
+
 def augment(key: jax.Array, images: jax.Array, aug: Any) -> jax.Array:
   """A config's whole augmentation (config.augment) of a (N, H, W) batch in
   [0, 1], in the order of this module's docstring."""
+  check(aug)
   if aug.jitter not in JITTERS:
     raise unknown('augment.jitter', aug.jitter, JITTERS)
   jitter_key = jax.random.fold_in(key, 2)

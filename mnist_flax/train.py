@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import tqdm
 
-from mnist_flax import (checkpoint, data, distill, epoch_loop, kill_switch, models,
+from mnist_flax import (augment, checkpoint, data, distill, epoch_loop, kill_switch, models,
                         optim, parallel, report, sweep, torch_import)
 from mnist_flax.epoch_loop import stack, unstack
 from mnist_flax.errors import ConfigError, UserError
@@ -65,6 +65,7 @@ class _Run:
     self.config, self.workdir, self.values = config, workdir, values
     self.optimizer = optim.create_optimizer(config, steps_per_epoch)
     distill.check(config)  # each run's, when a sweep varies distill's values
+    augment.check(config.augment)  # and augment's
     self.label = ' '.join([*(f'{k}={v!r}' for k, v in values.items()),
                            f'seed {config.seed}'])
     if parallel.is_primary():

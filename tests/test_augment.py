@@ -1,3 +1,5 @@
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -395,3 +397,30 @@ def test_unknown_border_is_a_config_error():
   with pytest.raises(ConfigError, match="unknown augment.border 'wrap'"):
     augment.random_affine(jax.random.key(0), jnp.zeros((2, 28, 28)), 5.0, 0.0,
                           border='wrap')
+
+
+@pytest.mark.parametrize('key,value', [('scale', 1.0), ('contrast', -0.2)])
+def test_anchor_keys_out_of_range_are_one_line_config_errors(key, value):
+  from configs import anchor_woolly  # pylint: disable=g-import-not-at-top
+  aug = anchor_woolly.get_config().augment
+  augment.check(aug)
+  aug[key] = value
+  with pytest.raises(ConfigError, match=rf'^augment.{key} must be .*; not {value}$'):
+    augment.augment(jax.random.key(0), jnp.zeros((2, 28, 28)), aug)
+
+
+@pytest.mark.parametrize('flag', ['--config.augment.fill=1.5',
+                                  '--sweep=augment.warp_p=0.5,2.0'])
+def test_out_of_range_values_stop_a_run_in_one_line(flag, fake_mnist_dir, tmp_path):
+  """From the command line, a swept value too: one line naming the key and its
+  range, before any step."""
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  proc = subprocess.run(
+      [sys.executable, '-m', 'mnist_flax.main', '--config=configs/anchor_woolly.py', flag,
+       f'--config.data_dir={fake_mnist_dir}', '--config.verify_checksums=False',
+       f'--workdir={tmp_path / "w"}'],
+      cwd=root, capture_output=True, text=True, timeout=300)
+  assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith('error: augment.'), proc.stderr
+  assert 'Epoch' not in proc.stdout
