@@ -164,18 +164,16 @@ def color_jitter(key: jax.Array, images: jax.Array, brightness: float,
   return jnp.where(_chosen(p_key, n, p), jittered, images)
 
 
-def _within(low: float, high: float, high_too: bool = True):
-  return lambda v: low <= v <= high if high_too else low <= v < high
-
-
-# The anchors' keys: what each must be, and the test.
+# The anchors' keys: what each must be, and the test of it.
+_UNIT = lambda v: 0 <= v <= 1
 _RANGES = {
-    'scale': ('in [0, 1): the zoom is drawn from 1 - scale to 1 + scale', _within(0, 1, False)),
-    'fill': ('in [0, 1]: a raw intensity, 0 black and 1 white', _within(0, 1)),
-    'warp_p': ('a probability in [0, 1]', _within(0, 1)),
-    'jitter_p': ('a probability in [0, 1]', _within(0, 1)),
-    'brightness': ('in [0, 1]: a jitter limit, 0 off', _within(0, 1)),
-    'contrast': ('in [0, 1]: a jitter limit, 0 off', _within(0, 1)),
+    'scale': ('in [0, 1): the zoom is drawn from 1 - scale to 1 + scale',
+              lambda v: 0 <= v < 1),
+    'fill': ('in [0, 1]: a raw intensity, 0 black and 1 white', _UNIT),
+    'warp_p': ('a probability in [0, 1]', _UNIT),
+    'jitter_p': ('a probability in [0, 1]', _UNIT),
+    'brightness': ('in [0, 1]: a jitter limit, 0 off', _UNIT),
+    'contrast': ('in [0, 1]: a jitter limit, 0 off', _UNIT),
 }
 
 
