@@ -88,14 +88,15 @@ def test_train_mode_logits_and_statistics_equal_torch(name, without_dropout):
 
 
 @pytest.mark.parametrize('name', ANCHORS)
-def test_recipe_steps_equal_torch(name, without_dropout, fake_mnist_dir):
+def test_recipe_steps_equal_torch(name, without_dropout, big_fake_mnist_dir):
   """Each anchor's optimiser, schedule and batch size (eva6: OneCycle with its
   momentum cycle, batch 128; woolly: the piecewise table at momentum 0.95,
   batch 32), from the same weights over the same batches: equal losses, step
   for step, in float64."""
   config = ANCHORS[name][0].get_config()
-  ds = data.load_idx_dir(fake_mnist_dir, verify=False)
+  ds = data.load_idx_dir(big_fake_mnist_dir, verify=False)
   jax_losses, torch_losses = compare.identical_start(config, ds, steps=8, float64=True)
+  assert len(jax_losses) == 8
   assert np.abs(jax_losses - torch_losses).max() < 1e-6
   assert np.abs(np.diff(jax_losses)).max() > 1e-3  # the steps trained
 
