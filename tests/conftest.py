@@ -48,6 +48,42 @@ def apply(model, variables, x, **kwargs):
   return jax.jit(lambda v, x: model.apply(v, x, **kwargs))(variables, x)
 
 
+def trained_torch_model(name: str, seed: int = 0):
+  """`name`'s PyTorch twin, random weights, then a few training steps:
+  non-trivial BN statistics. In evaluation mode."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from mnist_flax import torch_interop  # pylint: disable=g-import-not-at-top
+  torch.manual_seed(seed)
+  net = torch_interop.torch_model(name)
+  opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+  for _ in range(5):
+    x = torch.randn(32, 1, 28, 28)
+    loss = torch.nn.functional.nll_loss(net(x), torch.randint(0, 10, (32,)))
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+  return net.eval()
+
+
+def assert_train_mode_equals_torch(name: str, net, seed: int = 0) -> None:
+  """In training mode, `name`'s Flax model from `net`'s state_dict gives its
+  log-probabilities within 1e-4 and its new BatchNorm statistics."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  from mnist_flax import models, torch_interop  # pylint: disable=g-import-not-at-top
+  net = net.train()
+  variables, _ = torch_interop.from_state_dict(name, net.state_dict())
+  x = np.random.default_rng(seed).normal(size=(16, 28, 28, 1)).astype(np.float32)
+  want = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
+  logits, updates = apply(models.create_model(name), variables, jnp.asarray(x),
+                          train=True, mutable=['batch_stats'])
+  assert np.abs(np.asarray(jax.nn.log_softmax(logits)) - want).max() <= 1e-4
+  stats = torch_interop.from_state_dict(name, net.state_dict())[0]['batch_stats']
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               jax.device_get(updates['batch_stats']), stats)
+
+
 def write_fake_mnist(path, n_train=256, n_test=100):
   """Learnable fake data: the label is drawn as a bright block's position."""
   rng = np.random.default_rng(0)

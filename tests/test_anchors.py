@@ -17,7 +17,7 @@ from mnist_flax import architectures as arch
 from mnist_flax import compare, data, models, torch_interop
 from configs import anchor_eva6, anchor_woolly
 
-from conftest import apply
+from conftest import apply, assert_train_mode_equals_torch, trained_torch_model
 
 torch = pytest.importorskip('torch')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -35,20 +35,6 @@ def without_dropout(monkeypatch):
     monkeypatch.setitem(arch.NETWORKS, name, network)
 
 
-def _trained_twin(config):
-  """The config's PyTorch net, initialised as a run starts (seeded_torch_model),
-  after a few steps of its own recipe: BatchNorm statistics that moved."""
-  net = torch_interop.seeded_torch_model(config)
-  opt = torch.optim.SGD(net.parameters(), lr=0.02, momentum=0.9)
-  for _ in range(5):
-    x = torch.randn(32, 1, 28, 28)
-    loss = torch.nn.functional.nll_loss(net(x), torch.randint(0, 10, (32,)))
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-  return net
-
-
 @pytest.mark.parametrize('name', ANCHORS)
 def test_counts_are_the_notebooks(name):
   module, count = ANCHORS[name]
@@ -62,7 +48,7 @@ def test_counts_are_the_notebooks(name):
 @pytest.mark.parametrize('name', ANCHORS)
 def test_eval_logits_equal_torch_from_the_same_weights(name):
   """Evaluation (dropout off, running statistics): the layers after GAP too."""
-  net = _trained_twin(ANCHORS[name][0].get_config()).eval()
+  net = trained_torch_model(name)
   variables, _ = torch_interop.from_state_dict(name, net.state_dict())
   x = np.random.default_rng(0).normal(size=(64, 28, 28, 1)).astype(np.float32)
   with torch.no_grad():
@@ -75,16 +61,7 @@ def test_eval_logits_equal_torch_from_the_same_weights(name):
 def test_train_mode_logits_and_statistics_equal_torch(name, without_dropout):
   """Training mode: batch statistics, including eva6's BatchNorm over the
   batch of 1x1 maps after GAP."""
-  net = _trained_twin(ANCHORS[name][0].get_config()).train()
-  variables, _ = torch_interop.from_state_dict(name, net.state_dict())
-  x = np.random.default_rng(1).normal(size=(16, 28, 28, 1)).astype(np.float32)
-  want = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
-  logits, updates = apply(models.create_model(name), variables, jnp.asarray(x),
-                          train=True, mutable=['batch_stats'])
-  assert np.abs(np.asarray(jax.nn.log_softmax(logits)) - want).max() <= 1e-4
-  stats = torch_interop.from_state_dict(name, net.state_dict())[0]['batch_stats']
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               jax.device_get(updates['batch_stats']), stats)
+  assert_train_mode_equals_torch(name, trained_torch_model(name), seed=1)
 
 
 @pytest.mark.parametrize('name', ANCHORS)

@@ -11,7 +11,7 @@ from mnist_flax import architectures as arch
 from mnist_flax import convert, data, evaluate, jit_steps, models, torch_interop
 from mnist_flax.errors import UserError
 
-from conftest import apply, init
+from conftest import apply, assert_train_mode_equals_torch, init, trained_torch_model
 
 torch = pytest.importorskip('torch')
 MODELS = list(arch.NETWORKS)
@@ -19,20 +19,6 @@ MODELS = list(arch.NETWORKS)
 # newer layer kind (a depthwise convolution with a multiplier, a dilated one);
 # every network gets the spec, init and count checks.
 KINDS = ['v36', 'v36_nobias', 'model1', 'model2', 'model3', 'v36sep_m2', 'v36_dil4']
-
-
-def _trained_torch_model(name, seed=0):
-  """Random weights, then a few training steps: non-trivial BN statistics."""
-  torch.manual_seed(seed)
-  net = torch_interop.torch_model(name)
-  opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-  for _ in range(5):
-    x = torch.randn(32, 1, 28, 28)
-    loss = torch.nn.functional.nll_loss(net(x), torch.randint(0, 10, (32,)))
-    opt.zero_grad()
-    loss.backward()
-    opt.step()
-  return net.eval()
 
 
 @pytest.mark.parametrize('name', MODELS)
@@ -59,21 +45,12 @@ def test_torch_init_matches_the_flax_torch_init_bounds(name):
 
 @pytest.mark.parametrize('name', KINDS)
 def test_train_mode_logits_and_statistics_equal_torch(name):
-  net = _trained_torch_model(name).train()
-  variables, _ = torch_interop.from_state_dict(name, net.state_dict())
-  x = np.random.default_rng(0).normal(size=(16, 28, 28, 1)).astype(np.float32)
-  want = net(torch.from_numpy(x.transpose(0, 3, 1, 2))).detach().numpy()
-  logits, updates = apply(models.create_model(name), variables, jnp.asarray(x),
-                          train=True, mutable=['batch_stats'])
-  assert np.abs(np.asarray(jax.nn.log_softmax(logits)) - want).max() <= 1e-4
-  stats = torch_interop.from_state_dict(name, net.state_dict())[0]['batch_stats']
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
-               jax.device_get(updates['batch_stats']), stats)
+  assert_train_mode_equals_torch(name, trained_torch_model(name))
 
 
 @pytest.mark.parametrize('name', KINDS)
 def test_converted_logits_equal_torch_on_real_images(name, mnist_dir):
-  net = _trained_torch_model(name)
+  net = trained_torch_model(name)
   assert float(net.bn1.running_var.min()) != 1.0  # statistics moved
   ds = data.load_idx_dir(mnist_dir)
   images = ds.test_images[:1000]
@@ -90,7 +67,7 @@ def test_converted_logits_equal_torch_on_real_images(name, mnist_dir):
 
 @pytest.mark.parametrize('name', KINDS)
 def test_round_trip_through_a_workdir_is_exact(name, tmp_path, mnist_dir):
-  net = _trained_torch_model(name, seed=1)
+  net = trained_torch_model(name, seed=1)
   src = tmp_path / 'in.pt'
   torch.save(net.state_dict(), src)
   workdir = str(tmp_path / 'w')
@@ -108,25 +85,25 @@ def test_round_trip_through_a_workdir_is_exact(name, tmp_path, mnist_dir):
 
 
 def test_mismatched_state_dicts_name_the_keys():
-  sd = _trained_torch_model('model1').state_dict()
+  sd = trained_torch_model('model1').state_dict()
   # model1: 8 convs without bias; v36: 5 with bias, so 3 names of each and counts.
   with pytest.raises(torch_interop.StateDictError,
                      match=r"^state_dict does not fit model v36 \(missing 'conv1.bias', "
                      r"'conv2.bias', 'conv3.bias' and 3 more; unexpected 'conv6.weight', "
                      r"'bn6.weight', 'bn6.bias' and 9 more\): is --model right\?$"):
     torch_interop.from_state_dict('v36', sd)
-  sd3 = _trained_torch_model('model3').state_dict()
+  sd3 = trained_torch_model('model3').state_dict()
   with pytest.raises(torch_interop.StateDictError,
                      match=r"model2 \(unexpected 'conv7b.weight', 'bn7b.weight', "
                      r"'bn7b.bias' and 3 more\)"):
     torch_interop.from_state_dict('model2', sd3)
-  sd3 = _trained_torch_model('model3').state_dict()
+  sd3 = trained_torch_model('model3').state_dict()
   sd3['extra.weight'] = torch.zeros(1)
   del sd3['conv4.weight']
   with pytest.raises(torch_interop.StateDictError,
                      match=r"\(missing 'conv4.weight'; unexpected 'extra.weight'\)"):
     torch_interop.from_state_dict('model3', sd3)
-  sd3 = _trained_torch_model('model3').state_dict()
+  sd3 = trained_torch_model('model3').state_dict()
   sd3['conv4.weight'] = torch.zeros(16, 10, 5, 5)
   with pytest.raises(torch_interop.StateDictError,
                      match=r"'conv4.weight' has shape \(16, 10, 5, 5\), model model3 "
@@ -161,7 +138,7 @@ def _wrapped(net, wrapper):
                           "checkpoint (ignored: 'epoch', 'optimizer')"]),
 ])
 def test_wrapped_state_dicts_are_unwrapped(wrapper, unwrapped, tmp_path):
-  net = _trained_torch_model('model1')
+  net = trained_torch_model('model1')
   path = tmp_path / 'wrapped.pt'
   torch.save(_wrapped(net, wrapper), path)
   sd, said = torch_interop.unwrap_state_dict(torch_interop.load_state_dict_file(str(path)))
@@ -172,12 +149,12 @@ def test_wrapped_state_dicts_are_unwrapped(wrapper, unwrapped, tmp_path):
 
 
 def test_a_plain_state_dict_needs_no_unwrapping():
-  sd = _trained_torch_model('v36').state_dict()
+  sd = trained_torch_model('v36').state_dict()
   assert torch_interop.unwrap_state_dict(sd) == (sd, [])
 
 
 def test_a_checkpoint_without_a_known_key_says_where_to_put_it():
-  sd = _trained_torch_model('v36').state_dict()
+  sd = trained_torch_model('v36').state_dict()
   with pytest.raises(torch_interop.StateDictError,
                      match=r"It holds 'net', 'epoch'; its state_dict must be under one "
                      r"of 'model', 'state_dict', 'model_state_dict'"):
@@ -223,7 +200,7 @@ def test_convert_cli(tmp_path):
   import sys
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   src = tmp_path / 'm1.pt'
-  torch.save(_trained_torch_model('model1').state_dict(), src)
+  torch.save(trained_torch_model('model1').state_dict(), src)
   run = lambda *a: subprocess.run([sys.executable, '-m', 'mnist_flax.convert', *a],
                                   cwd=root, capture_output=True, text=True, timeout=120)
   ok = run(f'--from_torch={src}', '--model=model1', f'--workdir={tmp_path / "w"}')
