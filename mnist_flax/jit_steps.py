@@ -87,14 +87,9 @@ def _augment_key(state: TrainState) -> jax.Array:
 
 
 def _dropout_key(state: TrainState) -> jax.Array:
-  """The step's dropout masks' key, a stream of its own beside augmentation's.
-
-  An 'rbg' key (XLA's RngBitGenerator): threefry's masks for every activation
-  of a batch made docs/examples/course_net.py's CPU step 1.3x slower and its
-  compile 3x longer (docs/interop.md).
-  """
-  key = jax.random.fold_in(jax.random.fold_in(state.rng, 2), state.step)
-  return jax.random.wrap_key_data(jax.random.bits(key, (4,), jnp.uint32), impl='rbg')
+  """The step's dropout masks' key, a stream of its own beside augmentation's
+  (models.Dropout hashes each activation's index under it)."""
+  return jax.random.fold_in(jax.random.fold_in(state.rng, 2), state.step)
 
 
 def _float() -> jnp.dtype:

@@ -292,3 +292,56 @@ def test_bn_momentum_outside_0_1_is_a_one_line_config_error(momentum):
     models.create_model('v36', bn_momentum=momentum)
   assert '\n' not in str(e.value)
   assert models.create_model('v36', bn_momentum=1.0).bn_momentum == 1.0
+
+
+def _dropout(rate, x, key, train=True):
+  return models.Dropout(rate).apply({}, x, train, rngs={'dropout': key})
+
+
+@pytest.mark.parametrize('rate', [0.01, 0.025, 0.5])
+def test_dropout_zeroes_at_its_rate_and_scales_the_rest(rate):
+  x = jnp.ones((128, 26, 26, 8))  # eva6's first dropout, 692,224 activations
+  y = np.asarray(_dropout(rate, x, jax.random.key(0)))
+  dropped = (y == 0).mean()
+  sigma = np.sqrt(rate * (1 - rate) / y.size)
+  assert abs(dropped - rate) < 5 * sigma, (dropped, rate)
+  np.testing.assert_allclose(y[y != 0], 1 / (1 - rate), rtol=1e-6)
+
+
+def test_dropout_masks_are_independent_across_elements_keys_and_layers():
+  """P(both dropped) is rate**2 for neighbours on every axis, for one element
+  under two steps' keys, and for two layers in one network; the same key gives
+  the same mask; evaluation and rate 0 are the identity."""
+  rate, shape = 0.5, (64, 24, 24, 16)
+  x = jnp.ones(shape)
+  key = jax.random.key(3)
+  mask = np.asarray(_dropout(rate, x, key)) == 0
+  n = mask.size
+  within = lambda p: abs(p - rate ** 2) < 5 * np.sqrt(rate ** 2 * (1 - rate ** 2) / n * 2)
+  for axis in range(4):
+    a, b = np.moveaxis(mask, axis, 0)[1:], np.moveaxis(mask, axis, 0)[:-1]
+    assert within((a & b).mean()), axis
+  other = np.asarray(_dropout(rate, x, jax.random.fold_in(key, 1))) == 0
+  assert within((mask & other).mean())
+  np.testing.assert_array_equal(np.asarray(_dropout(rate, x, key)) == 0, mask)
+
+  class Two(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return models.Dropout(rate)(x, True), models.Dropout(rate)(x, True)
+
+  first, second = Two().apply({}, x, rngs={'dropout': key})
+  assert within(((np.asarray(first) == 0) & (np.asarray(second) == 0)).mean())
+  np.testing.assert_array_equal(_dropout(rate, x, key, train=False), x)
+  np.testing.assert_array_equal(_dropout(0.0, x, key), x)
+  np.testing.assert_array_equal(_dropout(1.0, x, key), 0 * x)
+
+
+def test_hashed_bits_are_uniform_in_every_byte():
+  bits = np.asarray(models.hashed_bits(jax.random.key(7), (1 << 20,)))
+  expected = bits.size / 256
+  for shift in (0, 8, 16, 24):
+    counts = np.bincount((bits >> shift) & 255, minlength=256)
+    chi2 = ((counts - expected) ** 2 / expected).sum()
+    # 255 degrees of freedom: mean 255, sd 22.6; 400 is beyond 6 sd.
+    assert chi2 < 400, (shift, chi2)
