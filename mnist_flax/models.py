@@ -105,7 +105,7 @@ def _mix(x: jax.Array) -> jax.Array:
 
 def hashed_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
   """uint32 random bits of `shape`: each element's flat index hashed under two
-  words drawn from `key`, a counter-based generator of six integer operations
+  words drawn from `key`, a counter-based generator of eight integer operations
   per round. XLA CPU draws threefry's or RngBitGenerator's bits at ~13 ns each
   and this at ~0.2 ns, fused into the layer's own loop (docs/performance.md)."""
   k0, k1 = jax.random.bits(key, (2,), jnp.uint32)
