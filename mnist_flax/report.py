@@ -104,6 +104,19 @@ def read_history(workdir: str) -> list[dict]:
                     'mnist_flax.main trained in') from None
 
 
+def finished_seeds(workdir: str) -> dict[int, str]:
+  """seed -> run, for the seed_S runs in `workdir` (a K-seed workdir, or a
+  folder of one-seed runs) that have recorded every epoch of their config."""
+  runs = {}
+  for path in glob.glob(os.path.join(workdir, 'seed_*', 'metrics.jsonl')):
+    run = os.path.dirname(path)
+    with open(os.path.join(run, 'config.json')) as f:
+      epochs = json.load(f)['num_epochs']
+    if len(read_history(run)) >= epochs:
+      runs[int(run.rsplit('_', 1)[1])] = run
+  return runs
+
+
 def seed_dirs(workdirs: list[str]) -> list[str]:
   """The runs in `workdirs`: a K-seed workdir stands for its seed_S runs."""
   runs = []

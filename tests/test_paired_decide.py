@@ -15,6 +15,7 @@ def _arm(tmp_path, name, final3, epoch_s, unfinished=()):
     run = tmp_path / name / f'seed_{seed}'
     run.mkdir(parents=True)
     epochs = 5 if seed in unfinished else 15
+    (run / 'config.json').write_text(json.dumps({'num_epochs': 15}))
     with open(run / 'metrics.jsonl', 'w') as f:
       for epoch in range(1, epochs + 1):
         f.write(json.dumps({'epoch': epoch, 'test_accuracy': accuracy - (epoch < 13),

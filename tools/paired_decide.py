@@ -15,29 +15,22 @@ the last line is the chosen arm's folder.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import math
-import os
 import statistics
 import sys
 
 from mnist_flax import report
 
-EPOCHS = 15
-
 
 def seeds(arm: str) -> dict[int, dict]:
   """seed -> {'final3', 'best', 'epoch_s'} for each run of `arm` with all its epochs."""
   out = {}
-  for workdir in glob.glob(os.path.join(arm, 'seed_*')):
-    history = report.read_history(workdir)
-    if len(history) < EPOCHS:
-      continue
+  for seed, run in report.finished_seeds(arm).items():
+    history = report.read_history(run)
     analysis = report.final_analysis(history, target=99.4)
-    out[int(workdir.rsplit('_', 1)[1])] = {
-        'final3': analysis['final3_average'], 'best': analysis['best_accuracy'],
-        'epoch_s': statistics.median(h['epoch_time_s'] for h in history)}
+    out[seed] = {'final3': analysis['final3_average'], 'best': analysis['best_accuracy'],
+                 'epoch_s': statistics.median(h['epoch_time_s'] for h in history)}
   return out
 
 

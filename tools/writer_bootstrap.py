@@ -16,7 +16,6 @@ checking the judge itself (docs/research.md), never for choosing an arm.
 from __future__ import annotations
 
 import argparse
-import glob
 import gzip
 import json
 import os
@@ -26,7 +25,6 @@ import numpy as np
 
 from mnist_flax import checkpoint, data, jit_steps, report, writers
 
-EPOCHS = 15
 DRAWS = 2000
 TEST_FILE = 'qmnist-test-labels-idx2-int.gz'  # beside the training file; its first 10,000 rows are MNIST's test set
 
@@ -62,28 +60,18 @@ def test_series(train_file: str, labels: np.ndarray) -> np.ndarray:
   return rows[:, 1]
 
 
-def correct(run: str, also_test: bool, data_dir: str | None
-            ) -> tuple[np.ndarray, np.ndarray | None]:
-  """Per image, whether the run's last checkpoint is right on the held-out
-  writers (and on the test set with `also_test`)."""
+def correct(run: str, images: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Per image of each set in `images`, whether the run's last checkpoint
+  classifies it right."""
   history = report.read_history(run)
   config, model, restored = checkpoint.load_checkpoint(run, str(history[-1]['step']))
-  config.data_dir = data_dir or config.data_dir
   variables = restored.state.eval_variables
   apply = jax.jit(lambda x: model.apply(
       variables, jit_steps.normalize(x, config.mean, config.std), train=False))
-
-  def right(ds: data.Dataset) -> np.ndarray:
-    size = config.eval_batch_size
-    logits = np.concatenate([np.asarray(apply(ds.test_images[i:i + size]))
-                             for i in range(0, len(ds.test_images), size)])
-    return logits.argmax(1) == ds.test_labels
-
-  held = right(data.load_for(config))
-  if not also_test:
-    return held, None
-  config.validation_examples = 0
-  return held, right(data.load_for(config))
+  size = config.eval_batch_size
+  return {name: np.concatenate([np.asarray(apply(x[i:i + size])).argmax(1)
+                                for i in range(0, len(x), size)]) == labels
+          for name, (x, labels) in images.items()}
 
 
 def main() -> None:
@@ -93,35 +81,40 @@ def main() -> None:
   parser.add_argument('--data_dir', default=None, help="override the runs' data_dir")
   parser.add_argument('arms', nargs='+', help='BASE ARM...: folders of seed_N runs')
   args = parser.parse_args()
-  runs = {}
-  for arm in args.arms:
-    runs[arm] = {int(r.rsplit('_', 1)[1]): r for r in glob.glob(os.path.join(arm, 'seed_*'))
-                 if len(report.read_history(r)) >= EPOCHS}
+  runs = {arm: report.finished_seeds(arm) for arm in args.arms}
   common = sorted(set.intersection(*(set(r) for r in runs.values())))
   if not common:
     raise SystemExit('error: no seed has finished in every arm')
+  split = lambda c: (c.validation_split, c.validation_examples, c.writers_file)
   config = checkpoint.load_config(runs[args.arms[0]][common[0]])
   if config.validation_split != 'writers':
     raise SystemExit('error: the runs must hold out writers (--config.validation_split=writers)')
-  if args.data_dir:
-    config.data_dir = args.data_dir
-  mnist = data.load(config.dataset, config.data_dir, verify=False)
+  for by_seed in runs.values():
+    for run in by_seed.values():
+      if split(checkpoint.load_config(run)) != split(config):
+        raise SystemExit(f'error: {run} holds out other images than '
+                         f'{runs[args.arms[0]][common[0]]}; compare runs of one split')
+  config.data_dir = args.data_dir or config.data_dir
+  # The held-out writers as data.load takes them out of training, with their series and writers.
+  mnist = data.load(config.dataset, config.data_dir, verify=config.verify_checksums)
   train_file = writers.find_file(config.data_dir, config.writers_file)
   who = writers.read(train_file, mnist.train_labels)
   held = writers.held_out(who, config.validation_examples)
   # A writer is the pair (series, ID).
   series, writer = who[held, 0], who[held, 0] * 1_000_000 + who[held, 1]
+  images = {'held_out': (mnist.train_images[held], mnist.train_labels[held])}
   if args.also_test:
+    images['test'] = (mnist.test_images, mnist.test_labels)
     series_of_test = test_series(train_file, mnist.test_labels)
   out, right = {'seeds': common, 'arms': {}}, {}
   for arm, by_seed in runs.items():
-    results = [correct(by_seed[s], args.also_test, args.data_dir) for s in common]
-    right[arm] = np.mean([r[0] for r in results], axis=0)
+    results = [correct(by_seed[s], images) for s in common]
+    right[arm] = np.mean([r['held_out'] for r in results], axis=0)
     entry = {f'held_out_series_{s}': 100 * float(right[arm][series == s].mean())
              for s in np.unique(series)}
     entry['held_out'] = 100 * float(right[arm].mean())
     if args.also_test:
-      test = np.mean([r[1] for r in results], axis=0)
+      test = np.mean([r['test'] for r in results], axis=0)
       entry.update({f'test_series_{s}': 100 * float(test[series_of_test == s].mean())
                     for s in np.unique(series_of_test)})
     out['arms'][arm] = entry
