@@ -59,7 +59,7 @@ def test_unknown_model_is_a_user_error():
 def test_every_config_is_a_model():
   paths = sorted(glob.glob(os.path.join(bench._ROOT, 'configs', '*.py')))
   assert bench.config_names() == [os.path.basename(p)[:-3] for p in paths]
-  assert bench.load_config('champion').model == 'v36pad'
+  assert bench.load_config('champion').model == 'v36:8-12-14-18-16'
 
 
 @pytest.mark.parametrize('model,num_examples,attribute,steps', [
