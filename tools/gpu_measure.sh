@@ -198,7 +198,7 @@ if [[ " $phase " == *" writers "* ]]; then
   writers=("${validation[@]}" --config.validation_split=writers --config.num_seeds="$(seeds 8)")
   train writers_model3 model3 "${writers[@]}"
   train writers_unpadded champion --config.model=v36:8-12-14-18-16 "${writers[@]}"
-  train writers_v36pad champion "${writers[@]}"
+  train writers_v36pad champion --config.model=v36pad "${writers[@]}"
   python3 tools/run_summary.py "$work"/runs/writers_* > "$work/writers_runs.json" \
     2> "$work/logs/writers_summary.log"
 fi
@@ -228,7 +228,7 @@ if [[ " $phase " == *" rebuild "* ]]; then
     "${a_augment[@]}" "${writers[@]}"
   train rebuild_unpadded_b_recipe anchor_woolly --config.model=v36:8-12-14-18-16 "${writers[@]}"
   train rebuild_tiny_unpadded tiny --config.model=v36:6-8-10-12-12 "${writers[@]}"
-  train rebuild_tiny_v36pad tiny "${writers[@]}"
+  train rebuild_tiny_v36pad tiny --config.model=v36pad_tiny "${writers[@]}"
   train rebuild_woolly anchor_woolly "${writers[@]}"
   train rebuild_tiny_b_recipe anchor_woolly --config.model=v36:6-8-10-12-12 "${writers[@]}"
   train rebuild_tiny_a_augment tiny --config.model=v36:6-8-10-12-12 "${a_augment[@]}" \

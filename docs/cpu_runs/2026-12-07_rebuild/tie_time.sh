@@ -8,13 +8,13 @@ writers="--config.validation_examples=10000 --config.validation_split=writers --
 a_aug="--config.augment.jitter=torchvision --config.augment.brightness=0.4 --config.augment.contrast=0.4 --config.augment.degrees=5 --config.augment.translate=0 --config.augment.interpolation=nearest --config.augment.fill=0.171"
 cfg() { case $1 in
   unpadded) echo "--config=configs/champion.py --config.model=v36:8-12-14-18-16";;
-  v36pad) echo "--config=configs/champion.py";;
+  v36pad) echo "--config=configs/champion.py --config.model=v36pad";;
   model3) echo "--config=configs/model3.py";;
   eva6) echo "--config=configs/anchor_eva6.py";;
   unpadded_a_augment) echo "--config=configs/champion.py --config.model=v36:8-12-14-18-16 $a_aug";;
   unpadded_b_recipe) echo "--config=configs/anchor_woolly.py --config.model=v36:8-12-14-18-16";;
   tiny_unpadded) echo "--config=configs/tiny.py --config.model=v36:6-8-10-12-12";;
-  tiny_v36pad) echo "--config=configs/tiny.py";;
+  tiny_v36pad) echo "--config=configs/tiny.py --config.model=v36pad_tiny";;
   woolly) echo "--config=configs/anchor_woolly.py";;
   tiny_b_recipe) echo "--config=configs/anchor_woolly.py --config.model=v36:6-8-10-12-12";;
   tiny_a_augment) echo "--config=configs/tiny.py --config.model=v36:6-8-10-12-12 $a_aug";;
