@@ -1,5 +1,5 @@
 # make train: create .venv, install, train the default model (configs/v36.py).
-# make test:  create .venv, install with the test extra, run the suite on two workers.
+# make test:  create .venv, install with the test extra, run the suite on two workers (the 20 slowest tests listed).
 # make install-check: tests/test_install.py, the Colab-like and bare installs (.ci/run runs both).
 # make tensorboard: install TensorBoard into .venv once, and serve workdirs/ (LOGDIR=DIR).
 VENV    := .venv
@@ -40,7 +40,7 @@ train: $(CORE)
 	  $(if $(DATA_DIR),--config.data_dir=$(DATA_DIR)) $(ARGS)
 
 test: $(VENV)/.test
-	$(PY) -m pytest -q -ra -n 2 --dist loadfile -m 'not install' tests
+	$(PY) -m pytest -q -ra -n 2 --dist loadfile --durations=20 -m 'not install' tests
 
 install-check: $(VENV)/.test
 	$(PY) -m pytest -q -ra -m install tests
