@@ -14,7 +14,7 @@ for seed in "$@"; do
       unpadded_a_augment) cfg="--config=configs/champion.py --config.model=v36:8-12-14-18-16 $a_aug";;
       unpadded_b_recipe) cfg="--config=configs/anchor_woolly.py --config.model=v36:8-12-14-18-16";;
       tiny_unpadded) cfg="--config=configs/tiny.py --config.model=v36:6-8-10-12-12";;
-      tiny_v36pad) cfg="--config=configs/tiny.py";;
+      tiny_v36pad) cfg="--config=configs/tiny.py";;  # v36pad_tiny: configs/tiny.py at 4b5cb04 (unpadded since 2026-12-07)
       woolly) cfg="--config=configs/anchor_woolly.py";;
       tiny_b_recipe) cfg="--config=configs/anchor_woolly.py --config.model=v36:6-8-10-12-12";;
       tiny_a_augment) cfg="--config=configs/tiny.py --config.model=v36:6-8-10-12-12 $a_aug";;
